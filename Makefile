@@ -1,0 +1,56 @@
+# miniai: the README's commands. Each target creates .venv when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+export MPLBACKEND ?= Agg
+
+.PHONY: demo test bench data export clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# the package and its runtime dependencies
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# plus the development and reference-test dependencies
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
+	touch $@ $(VENV)/.installed
+
+# Fashion-MNIST from Debian when we are root and it is missing; otherwise miniai finds another source
+data:
+	@if [ ! -d $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing dataset-fashion-mnist"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "warning: could not install dataset-fashion-mnist; miniai will use another source"; \
+	fi
+
+demo: data $(VENV)/.installed
+	$(BIN)/miniai-demo $(ARGS)
+
+# notebooks are the source: exporting must change nothing under miniai/
+export: $(VENV)/.dev-installed
+	@rm -rf $(VENV)/.export-check && cp -r miniai $(VENV)/.export-check
+	$(BIN)/nbdev-export
+	@diff -r -x __pycache__ $(VENV)/.export-check miniai || \
+	  (echo "nbdev-export changed miniai/: edit the notebooks, not the package"; exit 1)
+	@git diff --exit-code --stat -- miniai || \
+	  (echo "miniai/ differs from the last commit: commit the exported package"; [ -z "$$CI" ] || exit 1)
+
+test: data $(VENV)/.dev-installed export
+	@$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests 2>&1 | tee $(VENV)/.pytest.log; \
+	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status
+	$(BIN)/nbdev-test --n-workers 2 --timing
+	@$(BIN)/python tests/summary.py $(VENV)/.pytest.log | tee $(VENV)/.summary
+
+bench: data $(VENV)/.dev-installed
+	$(BIN)/python bench/data_loading.py
+
+clean:
+	rm -rf $(VENV) demo_out bench_out

@@ -1,0 +1,316 @@
+"""miniai.datasets: IDX reading, every data source, the cache, the fast path, plotting."""
+import gzip, lzma, time, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+import miniai.datasets as mds
+from miniai.datasets import (DataLoaders, TensorLoader, collate_dict, dataset_tensors, inplace, load_fashion_mnist,
+                             read_fmnist_split, read_idx, show_images, to_float_images)
+
+STEMS = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+         'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+
+
+def idx_bytes(a, dtype_code=8):
+    "IDX encoding of uint8 array `a`, written here independently of miniai."
+    return bytes([0, 0, dtype_code, a.ndim]) + b''.join(int(s).to_bytes(4, 'big') for s in a.shape) + a.tobytes()
+
+
+def write_fmnist(folder, n_train=30, n_test=12, seed=0, compress=gzip.compress, ext='.gz'):
+    "Write a tiny random Fashion-MNIST-shaped IDX folder; return its arrays."
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (('train', n_train), ('test', n_test)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, n, dtype=np.uint8)
+        for stem, a in zip(STEMS[split], (x, y)): (folder/(stem+ext)).write_bytes(compress(idx_bytes(a)))
+        arrays[split] = x, y
+    return arrays
+
+
+@pytest.fixture
+def no_sources(monkeypatch, tmp_path):
+    "No env var, no Debian folder, no hub: only what a test passes explicitly."
+    monkeypatch.delenv('MINIAI_DATA', raising=False)
+    monkeypatch.setattr(mds, 'DEBIAN_FMNIST', tmp_path/'no-debian')
+    monkeypatch.setenv('MINIAI_OFFLINE', '1')
+    return tmp_path
+
+
+@pytest.fixture(scope='module')
+def sample_dd(tmp_path_factory):
+    "The packaged sample (real Fashion-MNIST images) through a fresh cache."
+    return load_fashion_mnist(mds.SAMPLE_FMNIST, cache=tmp_path_factory.mktemp('cache'))
+
+
+# --- IDX files -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('compress', [gzip.compress, lzma.compress, lambda b: b])
+def test_read_idx_roundtrip(tmp_path, compress):
+    a = np.random.default_rng().integers(0, 256, (5, 3, 4), dtype=np.uint8)
+    (tmp_path/'f').write_bytes(compress(idx_bytes(a)))
+    out = read_idx(tmp_path/'f')
+    assert out.shape == a.shape and (out == a).all()
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    data = gzip.compress(idx_bytes(np.zeros((10, 28, 28), np.uint8) + 7))
+    (tmp_path/'t.gz').write_bytes(data[:len(data)//2])
+    with pytest.raises(ValueError, match=r"t\.gz: cannot decompress.*truncated or corrupt"): read_idx(tmp_path/'t.gz')
+
+
+def test_read_idx_short_data(tmp_path):
+    (tmp_path/'s').write_bytes(idx_bytes(np.ones((4, 2), np.uint8))[:-3])
+    with pytest.raises(ValueError, match=r"s: header says shape \(4, 2\) \(8 bytes of data\) but the file holds 5"):
+        read_idx(tmp_path/'s')
+
+
+def test_read_idx_bad_magic(tmp_path):
+    (tmp_path/'m').write_bytes(idx_bytes(np.ones(3, np.uint8), dtype_code=0x0D))
+    with pytest.raises(ValueError, match=r"m: bad IDX magic number 0x00000d01"): read_idx(tmp_path/'m')
+    (tmp_path/'h').write_bytes(b'\x00\x00')
+    with pytest.raises(ValueError, match="too short"): read_idx(tmp_path/'h')
+
+
+def test_read_idx_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such IDX file"): read_idx(tmp_path/'nope')
+
+
+def test_split_count_mismatch(tmp_path):
+    write_fmnist(tmp_path, n_train=5)
+    (tmp_path/'train-labels-idx1-ubyte.gz').write_bytes(gzip.compress(idx_bytes(np.zeros(4, np.uint8))))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz holds 5 images but .*train-labels-idx1-ubyte\.gz holds 4 labels"):
+        read_fmnist_split(tmp_path, 'train')
+
+
+def test_split_bad_shape_and_labels(tmp_path):
+    write_fmnist(tmp_path)
+    (tmp_path/'t10k-images-idx3-ubyte.gz').write_bytes(gzip.compress(idx_bytes(np.zeros((12, 14, 14), np.uint8))))
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 28, 28\), got \(12, 14, 14\)"):
+        read_fmnist_split(tmp_path, 'test')
+    (tmp_path/'train-labels-idx1-ubyte.gz').write_bytes(gzip.compress(idx_bytes(np.full(30, 10, np.uint8))))
+    with pytest.raises(ValueError, match="labels must be 0-9, found 10"): read_fmnist_split(tmp_path, 'train')
+    with pytest.raises(ValueError, match="split must be one of"): read_fmnist_split(tmp_path, 'valid')
+
+
+def test_split_missing_file(tmp_path):
+    write_fmnist(tmp_path)
+    (tmp_path/'t10k-labels-idx1-ubyte.gz').unlink()
+    with pytest.raises(FileNotFoundError, match=r"no t10k-labels-idx1-ubyte\.gz"): read_fmnist_split(tmp_path, 'test')
+
+
+# --- sources and cache -----------------------------------------------------------------------------------------
+
+def test_load_from_path(no_sources, tmp_path):
+    arrays = write_fmnist(tmp_path/'src', ext='')
+    dd = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    assert set(dd) == {'train', 'test'} and len(dd['train']) == 30 and len(dd['test']) == 12
+    assert dd['train'].features == mds.fmnist_features()
+    assert dd['train'].features['label'].names == list(mds.FMNIST_CLASSES)
+    for split, (x, y) in arrays.items():
+        for i in (0, 5, len(y)-1):  # original order, exact pixels
+            row = dd[split][i]
+            assert row['image'].size == (28, 28) and (np.asarray(row['image']) == x[i]).all() and row['label'] == y[i]
+
+
+def test_second_load_uses_cache(no_sources, tmp_path, monkeypatch):
+    write_fmnist(tmp_path/'src')
+    first = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    def boom(*a, **k): raise AssertionError('IDX files read again despite the cache')
+    monkeypatch.setattr(mds, 'read_fmnist_split', boom)
+    t = time.perf_counter()
+    again = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    print(f'cached load: {time.perf_counter()-t:.3f}s')
+    assert again['test']['label'] == first['test']['label']
+
+
+def test_changed_files_refresh_cache(no_sources, tmp_path):
+    write_fmnist(tmp_path/'src', seed=1)
+    a = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    arrays = write_fmnist(tmp_path/'src', n_test=7, seed=2)
+    b = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    assert len(a['test']) == 12 and len(b['test']) == 7 and b['test']['label'] == arrays['test'][1].tolist()
+
+
+def test_corrupt_cache_rebuilt(no_sources, tmp_path):
+    write_fmnist(tmp_path/'src')
+    load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    for f in (tmp_path/'cache').rglob('*.arrow'): f.write_bytes(b'garbage')
+    with pytest.warns(UserWarning, match='unreadable Fashion-MNIST cache'):
+        dd = load_fashion_mnist(tmp_path/'src', cache=tmp_path/'cache')
+    assert len(dd['train']) == 30
+
+
+def test_env_var_source(no_sources, tmp_path, monkeypatch):
+    arrays = write_fmnist(tmp_path/'env', n_train=9)
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path/'env'))
+    dd = load_fashion_mnist(cache=tmp_path/'cache')
+    assert len(dd['train']) == 9 and dd['train']['label'] == arrays['train'][1].tolist()
+
+
+def test_explicit_path_errors(no_sources, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"): load_fashion_mnist(tmp_path/'absent', cache=tmp_path/'c')
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match="no train-images-idx3-ubyte.gz"): load_fashion_mnist(tmp_path/'empty', cache=tmp_path/'c')
+
+
+def test_nothing_found_lists_every_place(no_sources, tmp_path):
+    with pytest.raises(FileNotFoundError) as e: load_fashion_mnist(cache=tmp_path/'cache', sample=False)
+    msg = str(e.value)
+    for place in ('path argument', 'MINIAI_DATA', 'cache', 'no-debian', 'Hugging Face hub', 'packaged sample', 'apt-get install dataset-fashion-mnist'):
+        assert place in msg, place
+
+
+def test_sample_fallback_warns(no_sources, tmp_path):
+    with pytest.warns(UserWarning, match='SAMPLE shipped with miniai'):
+        dd = load_fashion_mnist(cache=tmp_path/'cache')
+    assert (len(dd['train']), len(dd['test'])) == (10_000, 2_000)
+    assert np.bincount(dd['train']['label']).tolist() == [1000]*10 and np.bincount(dd['test']['label']).tolist() == [200]*10
+    assert not (tmp_path/'cache'/'fashion_mnist'/'full').exists()  # a sample never poses as the full set
+
+
+def test_debian_source_fills_full_cache(no_sources, tmp_path, monkeypatch):
+    arrays = write_fmnist(tmp_path/'deb')
+    monkeypatch.setattr(mds, 'DEBIAN_FMNIST', tmp_path/'deb')
+    dd = load_fashion_mnist(cache=tmp_path/'cache')
+    assert (tmp_path/'cache'/'fashion_mnist'/'full'/'dataset_dict.json').is_file()
+    monkeypatch.setattr(mds, 'DEBIAN_FMNIST', tmp_path/'gone')  # the cache now comes first
+    assert load_fashion_mnist(cache=tmp_path/'cache')['train']['label'] == arrays['train'][1].tolist() == dd['train']['label']
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_hub_probe_never_hangs(monkeypatch):
+    import os, urllib.request
+    for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'MINIAI_OFFLINE'): monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: time.sleep(30))  # a network that never answers
+    t = time.perf_counter()
+    assert mds.hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - t < 5
+    assert os.environ['HF_HUB_OFFLINE'] == '1' and os.environ['HF_DATASETS_OFFLINE'] == '1'
+
+
+def test_hub_probe_refused(monkeypatch):
+    for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'MINIAI_OFFLINE'): monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{_free_port()}')  # nothing listens there
+    assert mds.hub_reachable(timeout=2) is False
+
+
+def test_hub_probe_respects_offline_flag(monkeypatch):
+    import urllib.request
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('probed despite offline flag'))
+    assert mds.hub_reachable() is False
+
+
+@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir(),
+                    reason="Debian package dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
+def test_real_files(tmp_path):
+    dd = load_fashion_mnist('/usr/share/datasets/fashion-mnist', cache=tmp_path)
+    assert (len(dd['train']), len(dd['test'])) == (60_000, 10_000)
+    x, y = read_fmnist_split('/usr/share/datasets/fashion-mnist', 'test')
+    assert np.bincount(y).tolist() == [1000]*10
+    xs, ys = dataset_tensors(dd['test'])
+    assert (xs.numpy() == x).all() and (ys.numpy() == y).all()
+    assert dd['train'][0]['label'] == 9  # the first training image is an ankle boot
+    tx, ty = dataset_tensors(dd['train'])
+    assert tx.shape == (60_000, 28, 28) and np.bincount(ty.numpy()).tolist() == [6000]*10
+
+
+# --- the fast path ---------------------------------------------------------------------------------------------
+
+def test_dataset_tensors_matches_items(sample_dd):
+    for ds in (sample_dd['test'], sample_dd['test'].shuffle(seed=3).select(range(50)), sample_dd['train'].select([9, 2, 7000])):
+        xs, ys = dataset_tensors(ds)
+        assert xs.dtype == torch.uint8 and ys.dtype == torch.int64 and len(xs) == len(ds)
+        for i in (0, len(ds)//2, len(ds)-1):
+            assert (xs[i].numpy() == np.asarray(ds[i]['image'])).all() and ys[i] == ds[i]['label']
+
+
+def test_dataset_tensors_in_memory_dataset():
+    arrays = {'train': (np.random.default_rng().integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6) % 10)}
+    ds = mds.dd_from_arrays(arrays)['train']  # not on disk: decoded on the spot
+    xs, ys = dataset_tensors(ds)
+    assert (xs.numpy() == arrays['train'][0]).all() and ys.tolist() == list(range(6))
+
+
+def test_dataset_tensors_errors(sample_dd):
+    with pytest.raises(TypeError, match="plain datasets.Dataset"): dataset_tensors(sample_dd['test'].with_format('torch'))
+    with pytest.raises(ValueError, match="no column 'pixels'"): dataset_tensors(sample_dd['test'], x='pixels')
+
+
+def test_fast_path_equals_course_path(sample_dd):
+    @inplace
+    def transformi(b): b['image'] = [TF.to_tensor(o) for o in b['image']]
+    small = {'train': sample_dd['train'].select(range(300)), 'test': sample_dd['test'].select(range(200))}
+    slow = DataLoaders.from_dd({k: v.with_transform(transformi) for k, v in small.items()}, 32)
+    fast = DataLoaders.from_dd(small, 32)
+    assert isinstance(fast.train, TensorLoader) and not isinstance(slow.valid, TensorLoader)
+    sb, fb = list(slow.valid), list(fast.valid)
+    assert len(sb) == len(fb) == 4
+    for (xa, ya), (xb, yb) in zip(sb, fb):
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        assert (ya == yb).all() and xb.shape[1:] == (1, 28, 28)
+    # the training loader shuffles, covering every item once per epoch
+    ys = torch.cat([yb for _, yb in fast.train])
+    assert sorted(ys.tolist()) == sorted(small['train']['label']) and ys.tolist() != small['train']['label']
+
+
+def test_from_dd_dicts_and_kwargs(sample_dd):
+    small = {'train': sample_dd['train'].select(range(100)), 'test': sample_dd['test'].select(range(40))}
+    dls = DataLoaders.from_dd(small, 16, as_tuple=False, drop_last=True, generator=torch.Generator().manual_seed(0))
+    b = next(iter(dls.train))
+    assert set(b) == {'image', 'label'} and b['image'].shape == (16, 1, 28, 28) and len(dls.train) == 6
+    g = lambda: torch.Generator().manual_seed(5)
+    one = [yb for _, yb in DataLoaders.from_dd(small, 16, generator=g()).train]
+    two = [yb for _, yb in DataLoaders.from_dd(small, 16, generator=g()).train]
+    assert all((a == b).all() for a, b in zip(one, two))
+    with pytest.raises(ValueError, match="needs a train and a valid split"): DataLoaders.from_dd({'train': small['train']}, 8)
+
+
+def test_tensor_loader():
+    xs, ys = torch.randint(0, 256, (23, 28, 28), dtype=torch.uint8), torch.arange(23)
+    tl = TensorLoader(xs, ys, 5)
+    batches = list(tl)
+    assert len(tl) == 5 and [len(b[1]) for b in batches] == [5, 5, 5, 5, 3]
+    assert torch.cat([b[1] for b in batches]).tolist() == list(range(23))
+    torch.testing.assert_close(batches[0][0], xs[:5].float().unsqueeze(1)/255)
+    assert len(TensorLoader(xs, ys, 5, drop_last=True)) == 4
+    with pytest.raises(ValueError, match="differ in length"): TensorLoader(xs, ys[:3], 5)
+    with pytest.raises(ValueError, match="positive int"): TensorLoader(xs, ys, 0)
+
+
+def test_to_float_images_matches_to_tensor():
+    x = torch.randint(0, 256, (3, 5, 6, 3), dtype=torch.uint8)
+    from PIL import Image
+    for i in range(3): torch.testing.assert_close(to_float_images(x)[i], TF.to_tensor(Image.fromarray(x[i].numpy())))
+
+
+def test_collate_dict_and_inplace(sample_dd):
+    ds = sample_dd['test'].select(range(4)).with_format('torch')
+    xb, yb = collate_dict(ds)([ds[i] for i in range(4)])
+    assert xb.shape[0] == 4 and xb.shape[-2:] == (28, 28) and yb.tolist() == [int(ds[i]['label']) for i in range(4)]
+    @inplace
+    def add(b): b['n'] = 1
+    d = {}
+    assert add(d) is d and d == {'n': 1}
+
+
+def test_show_images_headless(sample_dd):
+    import matplotlib
+    matplotlib.use('Agg')
+    xs, ys = dataset_tensors(sample_dd['test'].select(range(7)))
+    fig = show_images(to_float_images(xs), titles=[str(int(y)) for y in ys])
+    visible = [ax for ax in fig.axes if ax.get_images()]
+    assert len(visible) == 7 and visible[0].get_title() == str(int(ys[0]))
+    with pytest.raises(ValueError, match="n >= 1"): mds.get_grid(0)

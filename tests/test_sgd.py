@@ -1,0 +1,198 @@
+"""miniai.sgd: optimizers from scratch against torch (float64, many steps) and hand-computed steps; schedule callbacks."""
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from miniai.sgd import SGD, Momentum, RMSProp, Adam, BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, RecorderCB
+
+N_STEPS = 50
+SHAPES = [(7, 3), (5,), (2, 3, 4)]
+
+
+def _params(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in SHAPES]
+
+
+def _grads(seed, n_steps=N_STEPS):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return [[torch.randn(s, generator=g, dtype=torch.float64) for s in SHAPES] for _ in range(n_steps)]
+
+
+def _run(opt, params, grads):
+    for gs in grads:
+        for p, g in zip(params, gs): p.grad = g.clone()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in params]
+
+
+def _groups(params, lr2):
+    "Two param groups, the second with its own lr, to check per-group hyperparameters."
+    return [{'params': params[:2]}, {'params': params[2:], 'lr': lr2}]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("lr,wd", [(0.1, 0.), (0.03, 0.05)])
+def test_sgd_matches_torch_sgd(seed, lr, wd):
+    grads = _grads(seed)
+    p1, p2 = _params(seed), _params(seed)
+    ours = _run(SGD(_groups(p1, lr/3), lr=lr, wd=wd), p1, grads)
+    ref = _run(torch.optim.SGD(_groups(p2, lr/3), lr=lr, weight_decay=wd), p2, grads)
+    for a, b in zip(ours, ref): torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("hp", [dict(lr=1e-2, wd=0., beta1=0.9, beta2=0.99, eps=1e-5),
+                                dict(lr=3e-3, wd=0.1, beta1=0.8, beta2=0.95, eps=1e-8)])
+def test_adam_matches_torch_adamw(seed, hp):
+    grads = _grads(seed)
+    p1, p2 = _params(seed), _params(seed)
+    ours = _run(Adam(_groups(p1, hp['lr']*2), **hp), p1, grads)
+    ref = _run(torch.optim.AdamW(_groups(p2, hp['lr']*2), lr=hp['lr'], weight_decay=hp['wd'],
+                                 betas=(hp['beta1'], hp['beta2']), eps=hp['eps']), p2, grads)
+    # float64: agreement to ~1e-12 relative after 50 steps (differences are rounding only)
+    for a, b in zip(ours, ref): torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    # and it really moved: not a trivial agreement
+    assert not torch.allclose(ours[0], _params(seed)[0])
+
+
+def _momentum_by_hand(p, grads, lr, wd, mom):
+    avg = torch.zeros_like(p)
+    for g in grads:
+        p = p * (1 - lr*wd)
+        avg = mom*avg + (1-mom)*g
+        p = p - lr*avg
+    return p
+
+
+def _rmsprop_by_hand(p, grads, lr, wd, sqr_mom, eps):
+    sqr_avg = None
+    for g in grads:
+        p = p * (1 - lr*wd)
+        sqr_avg = g**2 if sqr_avg is None else sqr_mom*sqr_avg + (1-sqr_mom)*g**2
+        p = p - lr * g / (sqr_avg.sqrt() + eps)
+    return p
+
+
+@pytest.mark.parametrize("wd", [0., 0.1])
+def test_momentum_matches_hand_computed(wd):
+    grads = _grads(3)
+    params = _params(3)
+    start = [p.detach().clone() for p in params]
+    ours = _run(Momentum(params, lr=0.05, wd=wd, mom=0.85), params, grads)
+    for i, (a, p0) in enumerate(zip(ours, start)):
+        exp = _momentum_by_hand(p0, [gs[i] for gs in grads], 0.05, wd, 0.85)
+        torch.testing.assert_close(a, exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("wd", [0., 0.1])
+def test_rmsprop_matches_hand_computed(wd):
+    grads = _grads(4)
+    params = _params(4)
+    start = [p.detach().clone() for p in params]
+    ours = _run(RMSProp(params, lr=0.01, wd=wd, sqr_mom=0.9, eps=1e-6), params, grads)
+    for i, (a, p0) in enumerate(zip(ours, start)):
+        exp = _rmsprop_by_hand(p0, [gs[i] for gs in grads], 0.01, wd, 0.9, 1e-6)
+        torch.testing.assert_close(a, exp, rtol=1e-12, atol=1e-12)
+
+
+def test_momentum_and_rmsprop_differ_from_torch_as_documented():
+    "The documented differences are real: torch's momentum sums, torch's RMSprop starts from 0."
+    grads = _grads(5, 3)
+    p1, p2 = _params(5), _params(5)
+    ours = _run(Momentum(p1, lr=0.1, mom=0.9), p1, grads)
+    ref = _run(torch.optim.SGD(p2, lr=0.1, momentum=0.9, dampening=0.9), p2, grads)
+    # with dampening=mom torch's first step is the raw gradient, ours is (1-mom)*grad
+    assert not torch.allclose(ours[0], ref[0])
+    p1, p2 = _params(5), _params(5)
+    ours = _run(RMSProp(p1, lr=0.01, sqr_mom=0.99, eps=1e-5), p1, grads)
+    ref = _run(torch.optim.RMSprop(p2, lr=0.01, alpha=0.99, eps=1e-5), p2, grads)
+    assert not torch.allclose(ours[0], ref[0])
+
+
+def test_zero_grad_params_skipped_and_closure():
+    a = torch.ones(3, requires_grad=True); b = torch.ones(2, requires_grad=True)
+    opt = Adam([a, b], lr=0.1)
+    def closure():
+        opt.zero_grad()
+        loss = (a**2).sum()
+        loss.backward()
+        return loss
+    loss = opt.step(closure)
+    assert loss.item() == 3.
+    assert torch.equal(b.detach(), torch.ones(2))  # no grad: untouched
+    assert not torch.equal(a.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: SGD(ps, lr=0.1, wd=0.01),
+    lambda ps: Momentum(ps, lr=0.1, wd=0.01, mom=0.9),
+    lambda ps: RMSProp(ps, lr=0.01, wd=0.01),
+    lambda ps: Adam(ps, lr=0.01, wd=0.01)])
+def test_state_dict_round_trip(make):
+    grads = _grads(7, 20)
+    p1 = _params(7)
+    opt1 = make(p1)
+    _run(opt1, p1, grads[:10])
+    buf = io.BytesIO()
+    torch.save({'params': [p.detach() for p in p1], 'opt': opt1.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    p2 = [p.clone().requires_grad_() for p in ck['params']]
+    opt2 = make(p2)
+    opt2.load_state_dict(ck['opt'])
+    a = _run(opt1, p1, grads[10:])
+    b = _run(opt2, p2, grads[10:])
+    for x, y in zip(a, b): torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # a fresh optimizer (no loaded state) would have diverged: the state matters
+    p3 = [p.clone().requires_grad_() for p in ck['params']]
+    c = _run(make(p3), p3, grads[10:])
+    if type(opt1) is not SGD:  # plain SGD has no state
+        assert not torch.allclose(a[0], c[0])
+
+
+def _onecycle_trace(opt, n=40, **kw):
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=n, **kw)
+    out = []
+    for i in range(n):
+        pg = opt.param_groups[0]
+        out.append((pg['lr'], pg['betas'][0] if 'betas' in pg else pg.get('momentum')))
+        opt.step()
+        if i < n - 1: sched.step()
+    return out
+
+
+def test_onecycle_drives_our_optimizers_like_torchs():
+    w = [torch.zeros(2, requires_grad=True)]
+    assert _onecycle_trace(Adam(w, lr=0.01)) == pytest.approx(_onecycle_trace(torch.optim.AdamW(w, lr=0.01, betas=(0.9, 0.99))))
+    ours = _onecycle_trace(Momentum(w, lr=0.01, mom=0.9))
+    ref = _onecycle_trace(torch.optim.SGD(w, lr=0.01, momentum=0.9))
+    assert ours == pytest.approx(ref)
+    assert min(m for _, m in ours) == pytest.approx(0.85)  # momentum really cycled
+    lrs = [lr for lr, _ in _onecycle_trace(RMSProp(w, lr=0.01), cycle_momentum=False)]
+    assert max(lrs) == pytest.approx(0.1, rel=1e-2) and lrs[-1] < 1e-5
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda ps: SGD(ps, lr=-1.), "lr must be in"),
+    (lambda ps: SGD(ps, lr=0.1, wd=-0.1), "wd must be in"),
+    (lambda ps: Momentum(ps, lr=0.1, mom=1.), "mom must be in"),
+    (lambda ps: RMSProp(ps, lr=0.1, eps=0.), "eps must be in"),
+    (lambda ps: Adam(ps, lr=0.1, beta2=1.5), "beta2 must be in"),
+    (lambda ps: Adam(ps, lr=float('nan')), "lr must be in")])
+def test_bad_hyperparameters_value_error(make, match):
+    with pytest.raises(ValueError, match=match): make([torch.zeros(1, requires_grad=True)])
+
+
+def test_bad_hyperparameter_type_error():
+    with pytest.raises(TypeError, match="lr must be a real number"): SGD([torch.zeros(1, requires_grad=True)], lr="0.1")
+    with pytest.raises(TypeError, match="sparse"):
+        e = nn.Embedding(4, 2, sparse=True)
+        opt = SGD(e.parameters(), lr=0.1)
+        e(torch.tensor([1])).sum().backward()
+        opt.step()
