@@ -237,6 +237,18 @@ def test_dataset_tensors_matches_items(sample_dd):
             assert (xs[i].numpy() == np.asarray(ds[i]['image'])).all() and ys[i] == ds[i]['label']
 
 
+def test_contiguous_select_keeps_the_full_copy(sample_dd):
+    full = sample_dd['train']
+    npz = Path(full.cache_files[0]['filename']).parent/mds._TENSORS
+    part = full.select(range(100, 400))  # datasets slices the table here instead of mapping indices
+    assert part._indices is None and part.data.num_rows == 300
+    xs, ys = dataset_tensors(part)
+    assert (xs[0].numpy() == np.asarray(full[100]['image'])).all() and ys.tolist() == full['label'][100:400]
+    assert len(np.load(npz)['labels']) == len(full)  # the sliced view did not overwrite the whole-split copy
+    part2 = part.select(range(50, 60))  # a slice of a slice
+    assert dataset_tensors(part2)[1].tolist() == full['label'][150:160]
+
+
 def test_dataset_tensors_in_memory_dataset():
     arrays = {'train': (np.random.default_rng().integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6) % 10)}
     ds = mds.dd_from_arrays(arrays)['train']  # not on disk: decoded on the spot
