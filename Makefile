@@ -51,6 +51,7 @@ test: data $(VENV)/.dev-installed export
 
 bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py
+	$(BIN)/python bench/matmul.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
