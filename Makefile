@@ -43,6 +43,7 @@ export: $(VENV)/.dev-installed
 	@git diff --exit-code --stat -- miniai || \
 	  (echo "miniai/ differs from the last commit: commit the exported package"; [ -z "$$CI" ] || exit 1)
 
+test: export OMP_NUM_THREADS = 1
 test: data $(VENV)/.dev-installed export
 	@$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests 2>&1 | tee $(VENV)/.pytest.log; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status
@@ -52,6 +53,7 @@ test: data $(VENV)/.dev-installed export
 bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/matmul.py
+	$(BIN)/python bench/conv.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

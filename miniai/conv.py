@@ -7,7 +7,7 @@ Docs: https://miniai-dev.github.io/miniai/convolutions.html.md"""
 # %% auto #0
 __all__ = ['def_device', 'im2col', 'conv2d', 'to_device', 'collate_device', 'conv']
 
-# %% ../nbs/07_convolutions.ipynb #68a1a5dc
+# %% ../nbs/07_convolutions.ipynb #808de174
 from collections.abc import Mapping
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-# %% ../nbs/07_convolutions.ipynb #0b8cfd2e
+# %% ../nbs/07_convolutions.ipynb #20094e5c
 def _pair(v, name, minimum):
     "`v` as an (int, int) pair, checked to be at least `minimum`."
     vs = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -36,7 +36,7 @@ def _out_size(x, ks, stride, padding):
         raise ValueError(f"kernel size ({kh}, {kw}) is larger than the padded input ({H}, {W})")
     return (kh, kw), (sh, sw), (ph, pw), ((H - kh)//sh + 1, (W - kw)//sw + 1)
 
-# %% ../nbs/07_convolutions.ipynb #352c189e
+# %% ../nbs/07_convolutions.ipynb #aab699b4
 def im2col(x, ks, stride=1, padding=0):
     "Patches of `x` (N,C,H,W) under a `ks` kernel as columns (N, C*kh*kw, L), like `F.unfold`."
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = _out_size(x, ks, stride, padding)
@@ -48,9 +48,10 @@ def im2col(x, ks, stride=1, padding=0):
     cols = torch.stack(cols, dim=2)                # (N, C, kh*kw, ho, wo)
     return cols.reshape(n, c*kh*kw, ho*wo)         # (N, C*kh*kw, L)
 
-# %% ../nbs/07_convolutions.ipynb #f4152f55
+# %% ../nbs/07_convolutions.ipynb #5902d27d
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     "2-D convolution (cross-correlation, like `F.conv2d`) of `x` (N,C,H,W) with `weight` (nf,C,kh,kw), via im2col and a matmul."
+    if not isinstance(x, torch.Tensor): raise TypeError(f"input must be a tensor, got {type(x).__name__}")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
         raise ValueError(f"weight must be a 4-D tensor (nf, C, kh, kw), got {getattr(weight, 'shape', type(weight))}")
     if x.ndim == 4 and weight.shape[1] != x.shape[1]:
@@ -64,7 +65,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     if bias is not None: out = out + bias[:, None]
     return out.reshape(x.shape[0], nf, ho, wo)         # (N, nf, ho, wo)
 
-# %% ../nbs/07_convolutions.ipynb #b178d70c
+# %% ../nbs/07_convolutions.ipynb #9ea0e392
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 def to_device(x, device=def_device):
@@ -79,7 +80,7 @@ def collate_device(b, device=def_device):
     "`default_collate` the samples `b` into a batch and move it to `device`."
     return to_device(default_collate(b), device)
 
-# %% ../nbs/07_convolutions.ipynb #afb98ac9
+# %% ../nbs/07_convolutions.ipynb #a7be4ad4
 def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
     "`nn.Sequential` of a `ks` conv from `ni` to `nf` channels (padding `ks//2`), then optional `norm(nf)` and `act()`."
     if act is True: act = nn.ReLU

@@ -7,25 +7,24 @@ Docs: https://miniai-dev.github.io/miniai/minibatch_training.html.md"""
 # %% auto #0
 __all__ = ['accuracy', 'report', 'Dataset', 'Sampler', 'BatchSampler', 'collate', 'DataLoader', 'fit', 'get_dls']
 
-# %% ../nbs/04_minibatch_training.ipynb #696d3475
+# %% ../nbs/04_minibatch_training.ipynb #827bbf7a
 import math
 from itertools import islice
 
 import torch
 import torch.utils.data
-from torch import nn
-import torch.nn.functional as F
 
-# %% ../nbs/04_minibatch_training.ipynb #686a112f
+# %% ../nbs/04_minibatch_training.ipynb #67eb13f6
 def accuracy(out, yb):
     "Fraction of rows of `out` (N, classes) whose argmax equals the label in `yb` (N,)."
     return (out.argmax(dim=1) == yb).float().mean()
 
 def report(loss, preds, yb):
     "Print the loss and the accuracy of `preds` against `yb`."
-    print(f'{float(loss):.2f}, {float(accuracy(preds, yb)):.2f}')
+    if isinstance(loss, torch.Tensor): loss = loss.item()
+    print(f'{loss:.2f}, {accuracy(preds, yb).item():.2f}')
 
-# %% ../nbs/04_minibatch_training.ipynb #f5c2c0e2
+# %% ../nbs/04_minibatch_training.ipynb #cc2fa1fb
 class Dataset:
     "Pairs of `x[i]`, `y[i]`, for inputs `x` and targets `y` of equal length."
     def __init__(self, x, y):
@@ -34,7 +33,7 @@ class Dataset:
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.y[i]
 
-# %% ../nbs/04_minibatch_training.ipynb #4f75e9d5
+# %% ../nbs/04_minibatch_training.ipynb #284a4808
 class Sampler:
     "Indices of `ds`: `0..len(ds)-1` in order, or a new permutation on each pass when `shuffle`."
     def __init__(self, ds, shuffle=False, generator=None):
@@ -59,20 +58,22 @@ class BatchSampler:
             if len(batch) < self.bs and self.drop_last: return
             yield batch
 
-# %% ../nbs/04_minibatch_training.ipynb #c8a6a4b2
+# %% ../nbs/04_minibatch_training.ipynb #0d4117b8
 def collate(b):
     "Stack a list of samples, each a tuple of tensors (or numbers), into a tuple of batched tensors."
     if len(b) == 0: raise ValueError("cannot collate an empty batch")
     if len({len(o) for o in b}) != 1: raise ValueError("all samples in a batch must have the same number of fields")
     return tuple(torch.stack([torch.as_tensor(o) for o in field]) for field in zip(*b))
 
-# %% ../nbs/04_minibatch_training.ipynb #7c03937a
+# %% ../nbs/04_minibatch_training.ipynb #ff1c958a
 class _Fetch:
     "Picklable callable that gets the items of `ds` at a list of indices and collates them."
     def __init__(self, ds, collate_fn): self.ds, self.collate_fn = ds, collate_fn
     def __call__(self, idxs): return self.collate_fn([self.ds[i] for i in idxs])
 
-def _init_worker(): torch.set_num_threads(1)
+def _init_worker():
+    "Worker processes use one thread each, so a pool does not oversubscribe the CPU."
+    torch.set_num_threads(1)
 
 class DataLoader:
     "Batches of `dataset` in `sampler`/`shuffle` order, collated by `collate_fn`; a from-scratch `torch.utils.data.DataLoader`."
@@ -106,7 +107,7 @@ class DataLoader:
         with mp.Pool(self.num_workers, initializer=_init_worker) as pool:
             yield from pool.imap(fetch, self.batch_sampler)
 
-# %% ../nbs/04_minibatch_training.ipynb #49d1745e
+# %% ../nbs/04_minibatch_training.ipynb #6c46eb01
 def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
     "Train `model` for `epochs` epochs with `opt` on `train_dl`, print validation loss and accuracy; return the last `(loss, acc)`."
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -130,7 +131,7 @@ def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
         print(epoch, tot_loss / count, tot_acc / count)
     return tot_loss / count, tot_acc / count
 
-# %% ../nbs/04_minibatch_training.ipynb #1c7594c3
+# %% ../nbs/04_minibatch_training.ipynb #c4fccf6d
 def get_dls(train_ds, valid_ds, bs, **kwargs):
     "Torch `DataLoader`s for `train_ds` (shuffled, batch size `bs`) and `valid_ds` (in order, batch size `2*bs`)."
     return (torch.utils.data.DataLoader(train_ds, batch_size=bs, shuffle=True, **kwargs),
