@@ -7,7 +7,7 @@ Docs: https://miniai-dev.github.io/miniai/ddpm.html.md"""
 # %% auto #0
 __all__ = ['linear_sched', 'noisify', 'collate_ddpm', 'dl_ddpm', 'ddpm_sample']
 
-# %% ../../nbs/15_ddpm.ipynb #1ffefba4
+# %% ../../nbs/15_ddpm.ipynb #5192eab2
 import math
 from functools import partial
 from types import SimpleNamespace
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-# %% ../../nbs/15_ddpm.ipynb #cf6d0118
+# %% ../../nbs/15_ddpm.ipynb #374ce835
 def _randn(shape, generator=None, like=None):
     "Standard normal noise of `shape` with `like`'s dtype and device, drawn from `generator` on the generator's device."
     dev = generator.device if generator is not None else like.device
@@ -50,7 +50,7 @@ def _get_abar(sched, x):
     if len(abar) > 1 and not (abar[1:] <= abar[:-1]).all(): raise ValueError("sched.abar must be non-increasing")
     return abar.to(x.dtype).to(x.device)
 
-# %% ../../nbs/15_ddpm.ipynb #b52c34b5
+# %% ../../nbs/15_ddpm.ipynb #f03a4c74
 def linear_sched(betamin=1e-4, betamax=0.02, n_steps=1000):
     "Linear beta schedule of Ho et al. 2020 (DDPM): `beta`, `alpha`, `abar` (cumulative product of alpha) and `sigma` (sqrt(beta)), as float64 tensors."
     if int(n_steps) != n_steps or n_steps < 1: raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
@@ -61,10 +61,11 @@ def linear_sched(betamin=1e-4, betamax=0.02, n_steps=1000):
     sigma = beta.sqrt()
     return SimpleNamespace(beta=beta, alpha=alpha, abar=abar, sigma=sigma, a=alpha, sig=sigma)
 
-# %% ../../nbs/15_ddpm.ipynb #75cb49db
+# %% ../../nbs/15_ddpm.ipynb #d9535bbd
 def noisify(x0, abar, generator=None):
     "Forward process q(x_t | x_0) of Ho et al. 2020 (eq. 4): `((x_t, t), eps)` with a random step per item; `abar` is a tensor (integer t) or a continuous schedule function (t in [0, 1))."
     _check_x(x0, 'x0')
+    abar = getattr(abar, 'abar', abar)   # a schedule object works too
     n, gdev = len(x0), (generator.device if generator is not None else x0.device)
     bshape = (n,) + (1,) * (x0.ndim - 1)
     if callable(abar) and not isinstance(abar, torch.Tensor):
@@ -89,7 +90,7 @@ def dl_ddpm(ds, abar, bs, key='image', generator=None, **kwargs):
     if int(bs) != bs or bs < 1: raise ValueError(f"bs must be a positive integer, got {bs}")
     return DataLoader(ds, batch_size=int(bs), collate_fn=partial(collate_ddpm, abar=abar, key=key, generator=generator), **kwargs)
 
-# %% ../../nbs/15_ddpm.ipynb #5acd5ed2
+# %% ../../nbs/15_ddpm.ipynb #bbcce9ef
 @torch.no_grad()
 def ddpm_sample(model, x, sched, generator=None, callback=None, progress=False):
     "Ancestral sampling of Ho et al. 2020 (Algorithm 2) with the posterior variance (diffusers `fixed_small`, no clipping), from noise `x` = x_T down to x_0."
