@@ -9,7 +9,7 @@ __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException',
            'Mean', 'MetricsCB', 'DeviceCB', 'TrainCB', 'with_cbs', 'Learner', 'CheckpointCB', 'ProgressCB',
            'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'lr_find']
 
-# %% ../nbs/09_learner.ipynb #d716123a
+# %% ../nbs/09_learner.ipynb #b70686dd
 import math
 import os
 import random
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .conv import def_device, to_device
 
-# %% ../nbs/09_learner.ipynb #b04979f8
+# %% ../nbs/09_learner.ipynb #ddc56ad8
 class CancelFitException(Exception):
     "Raise in a callback to stop `fit`: `after_fit` is skipped, `cleanup_fit` still runs."
 
@@ -39,12 +39,12 @@ class CancelBatchException(Exception):
 
 _cancel_excs = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
 
-# %% ../nbs/09_learner.ipynb #bee6231e
+# %% ../nbs/09_learner.ipynb #3adf2317
 class Callback:
     "Base class for callbacks: define event methods such as `before_fit(self, learn)`; lower `order` runs first."
     order = 0
 
-# %% ../nbs/09_learner.ipynb #23815c50
+# %% ../nbs/09_learner.ipynb #47c561a2
 def _with_cb_context(e, cb, method_nm):
     "A copy of exception `e` whose message names the callback `cb` and the event `method_nm`; same type where possible."
     where = f"in callback {type(cb).__name__}.{method_nm}"
@@ -67,13 +67,13 @@ def run_cbs(cbs, method_nm, learn=None):
             if getattr(e, '_miniai_cb', None) is not None: raise   # already names its callback
             raise _with_cb_context(e, cb, method_nm) from e
 
-# %% ../nbs/09_learner.ipynb #c070159b
+# %% ../nbs/09_learner.ipynb #cb992505
 class SingleBatchCB(Callback):
     "Stop the fit after the first batch (a quick check that model, data and callbacks work together)."
     order = 1
     def after_batch(self, learn): raise CancelFitException()
 
-# %% ../nbs/09_learner.ipynb #54bc25ed
+# %% ../nbs/09_learner.ipynb #5e74e072
 def to_cpu(x):
     "Detach the tensors in `x` (nested lists/tuples/dicts) and move them to the CPU; float16 becomes float32."
     if isinstance(x, Mapping): return {k: to_cpu(v) for k, v in x.items()}
@@ -83,7 +83,7 @@ def to_cpu(x):
     res = x.detach().cpu()
     return res.float() if res.dtype == torch.float16 else res
 
-# %% ../nbs/09_learner.ipynb #a02f17b2
+# %% ../nbs/09_learner.ipynb #ae2d8849
 class Mean:
     "Running weighted mean with `update(x, weight=1.)`, `compute()`, `reset()` (like torcheval's `Mean`; `nan` when empty)."
     def __init__(self): self.reset()
@@ -95,7 +95,7 @@ class Mean:
         return self
     def compute(self): return torch.tensor(self.total / self.weight if self.weight else math.nan)
 
-# %% ../nbs/09_learner.ipynb #e447ca9e
+# %% ../nbs/09_learner.ipynb #4ab6cd5b
 def _check_metric(name, m):
     "Raise a `TypeError` unless `m` has callable `update`, `compute` and `reset`."
     missing = [a for a in ('update', 'compute', 'reset') if not callable(getattr(m, a, None))]
@@ -134,7 +134,7 @@ class MetricsCB(Callback):
             for m in self.metrics.values(): m.update(preds, y)
         self.loss.update(to_cpu(learn.loss), weight=len(x))
 
-# %% ../nbs/09_learner.ipynb #7e78d4ca
+# %% ../nbs/09_learner.ipynb #9c373e49
 class DeviceCB(Callback):
     "Move the model to `device` at the start of the fit and each batch to it before use."
     def __init__(self, device=def_device): self.device = device
@@ -142,7 +142,7 @@ class DeviceCB(Callback):
         if hasattr(learn.model, 'to'): learn.model.to(self.device)
     def before_batch(self, learn): learn.batch = to_device(learn.batch, device=self.device)
 
-# %% ../nbs/09_learner.ipynb #37973263
+# %% ../nbs/09_learner.ipynb #59082c22
 class TrainCB(Callback):
     "The standard training step: `preds = model(*batch[:n_inp])`, `loss = loss_func(preds, *batch[n_inp:])`, backward, step, zero_grad."
     def __init__(self, n_inp=1): self.n_inp = n_inp
@@ -152,7 +152,7 @@ class TrainCB(Callback):
     def step(self, learn): learn.opt.step()
     def zero_grad(self, learn): learn.opt.zero_grad()
 
-# %% ../nbs/09_learner.ipynb #0be00c24
+# %% ../nbs/09_learner.ipynb #c505dad7
 class with_cbs:
     "Decorator for a training stage `nm` ('fit', 'epoch' or 'batch'): `before_nm`, body, `after_nm`; `cleanup_nm` always."
     def __init__(self, nm):
@@ -171,7 +171,7 @@ class with_cbs:
             finally: o.callback(f'cleanup_{nm}')
         return _f
 
-# %% ../nbs/09_learner.ipynb #80881c61
+# %% ../nbs/09_learner.ipynb #b5139998
 def _atomic_save(obj, path):
     "`torch.save` `obj` to `path` through a temporary file in the same directory and an atomic rename."
     path = os.fspath(path)
@@ -239,7 +239,7 @@ def _stateful(cbs):
             if isinstance(v, LRScheduler): res[f'{key}.{attr}'] = v
     return res
 
-# %% ../nbs/09_learner.ipynb #1ab18a8e
+# %% ../nbs/09_learner.ipynb #e11cbb32
 def _listify(o):
     "`o` as a list: `None` is empty, a list/tuple is copied, anything else is wrapped."
     if o is None: return []
@@ -322,15 +322,11 @@ class Learner:
 
     @with_cbs('fit')
     def _fit(self, train, valid):
-        try:
-            for self.epoch in self.epochs:
-                if train: self.one_epoch(True)
-                if valid:
-                    with torch.no_grad(): self.one_epoch(False)
-                self.epochs_done = self.epoch + 1
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise CancelFitException() from None
+        for self.epoch in self.epochs:
+            if train: self.one_epoch(True)
+            if valid:
+                with torch.no_grad(): self.one_epoch(False)
+            self.epochs_done = self.epoch + 1
 
     def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None):
         "Train for `n_epochs` (each a training and a validation pass), with extra callbacks `cbs` for this fit only."
@@ -353,6 +349,7 @@ class Learner:
                     self.opt.load_state_dict(self._pending_opt_state)
                     self._pending_opt_state = None
             self._fit(train, valid)
+        except KeyboardInterrupt: self._interrupt()   # the cleanup_ callbacks have run; not re-raised, see above
         finally:
             for cb in cbs: self.cbs.remove(cb)
 
@@ -397,7 +394,7 @@ def _check_lr(lr):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0 or math.isnan(lr):
         raise ValueError(f"lr must be a non-negative number, got {lr!r}")
 
-# %% ../nbs/09_learner.ipynb #396fc297
+# %% ../nbs/09_learner.ipynb #1dababcf
 def _in_notebook():
     "Whether we run inside a Jupyter (or Colab) notebook kernel that can display widgets and HTML."
     if 'google.colab' in sys.modules: return True
@@ -407,7 +404,7 @@ def _in_notebook():
     except Exception: return False
     return type(shell).__name__ == 'ZMQInteractiveShell'
 
-# %% ../nbs/09_learner.ipynb #e3da279c
+# %% ../nbs/09_learner.ipynb #ff2f4408
 class CheckpointCB(Callback):
     "Save the learner to `path` every `every` epochs; if `resume` and `path` exists, `fit` continues from that checkpoint."
     order = 1
@@ -429,7 +426,7 @@ class CheckpointCB(Callback):
         done = learn.epoch + 1
         if done % self.every == 0 or done == learn.n_epochs: learn.save(self.path, epoch=done)
 
-# %% ../nbs/09_learner.ipynb #ed5e7f25
+# %% ../nbs/09_learner.ipynb #ab0390c6
 class ProgressCB(Callback):
     "Progress bars, metrics table and (`plot=True`) live loss plot in notebooks; plain log lines in terminals and CI."
     order = CheckpointCB.order + 1
@@ -496,7 +493,7 @@ class ProgressCB(Callback):
         ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
         return ax
 
-# %% ../nbs/09_learner.ipynb #de4cc7f6
+# %% ../nbs/09_learner.ipynb #c8a8f204
 class TrainLearner(Learner):
     "A `Learner` with the standard training steps as methods (override them in subclasses)."
     def predict(self): self.preds = self.model(self.batch[0])
@@ -516,7 +513,7 @@ class MomentumLearner(TrainLearner):
             for p in self.model.parameters():
                 if p.grad is not None: p.grad *= self.mom
 
-# %% ../nbs/09_learner.ipynb #49913b46
+# %% ../nbs/09_learner.ipynb #d4637502
 class LRFinderCB(Callback):
     "LR range test: multiply the lr by `gamma` each batch, record `lrs`/`losses`, stop once loss > `max_mult` x its minimum."
     def __init__(self, gamma=1.3, max_mult=3):
@@ -550,7 +547,7 @@ class LRFinderCB(Callback):
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
         return ax
 
-# %% ../nbs/09_learner.ipynb #832c4935
+# %% ../nbs/09_learner.ipynb #f20fb57b
 def lr_find(learn, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True, restore=True):
     "Run `LRFinderCB` on `learn` from `start_lr`; plot loss against lr and return the suggested lr (lr at min loss / 10)."
     saved = deepcopy(learn.model.state_dict()) if restore else None

@@ -171,6 +171,7 @@ class HandAcc:
     def compute(self): return self.c / self.n
 
 
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script:FutureWarning')   # raised inside torcheval
 def test_metrics_cb_torcheval_and_hand_written(capsys):
     from torcheval.metrics import MulticlassAccuracy
     dls = make_dls()
@@ -187,6 +188,7 @@ def test_metrics_cb_torcheval_and_hand_written(capsys):
         MetricsCB(acc=lambda p, t: 0)
 
 
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script:FutureWarning')
 def test_mean_matches_torcheval():
     from torcheval.metrics import Mean as TEMean
     a, b = Mean(), TEMean()
@@ -277,7 +279,7 @@ def test_save_load_round_trip(tmp_path):
 
 class StepSchedCB(Callback):
     "A callback holding a torch LR scheduler (stepped per epoch), to check its state is checkpointed."
-    def before_fit(self, learn): self.sched = torch.optim.lr_scheduler.StepLR(learn.opt, step_size=1, gamma=0.5)
+    def before_fit(self, learn): self.sched = torch.optim.lr_scheduler.StepLR(learn.opt, step_size=3, gamma=0.5)
     def after_epoch(self, learn):
         if learn.training: self.sched.step()
 
@@ -288,13 +290,19 @@ class Crash(Callback):
         if learn.epoch == self.epoch and learn.iter == self.it: raise self.exc
 
 
-@pytest.mark.parametrize('kind', ['momentum_learner', 'sgd_sched_dropout'])
+@pytest.mark.parametrize('kind', ['momentum_learner', 'sgd_sched_dropout', 'miniai_adam_onecycle'])
 def test_checkpoint_resume_equals_uninterrupted(tmp_path, kind):
     def run(path, extra=(), n=4):
         torch.manual_seed(123)   # global RNG (dropout) changes between runs unless restored
         model = make_model(seed=1)
         if kind == 'momentum_learner':
             learn = MomentumLearner(model, make_dls(), F.cross_entropy, lr=0.1, cbs=[CheckpointCB(path), *extra])
+        elif kind == 'miniai_adam_onecycle':   # the optimizer and scheduler callback of miniai.sgd
+            from functools import partial
+            from miniai.sgd import Adam, BatchSchedCB
+            sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=n * 3)
+            learn = Learner(model, make_dls(), F.cross_entropy, lr=0.05, opt_func=Adam,
+                            cbs=[TrainCB(), BatchSchedCB(sched), CheckpointCB(path), *extra])
         else:
             opt = lambda ps, lr: torch.optim.SGD(ps, lr, momentum=0.9)
             learn = Learner(model, make_dls(), F.cross_entropy, lr=0.2, opt_func=opt,
@@ -353,6 +361,11 @@ def test_keyboard_interrupt_ends_fit_cleanly(capsys):
     rec.at = None
     learn.fit(1)   # still usable
     assert not learn.interrupted
+    # Ctrl-C in before_fit is handled the same way
+    rec = Recorder('before_fit', KeyboardInterrupt())
+    learn = Learner(make_model(), make_dls(), F.cross_entropy, cbs=[TrainCB(), rec])
+    learn.fit(1)
+    assert learn.interrupted and rec.events == ['before_fit', 'cleanup_fit']
 
 
 def test_lr_finder_cb():
@@ -395,3 +408,17 @@ def test_progress_cb_plain_lines(capsys):
     # the metrics callback logs as before once the progress callback has gone
     learn.fit(1)
     assert capsys.readouterr().out.startswith('{')
+
+
+def test_failed_save_keeps_last_checkpoint(tmp_path, monkeypatch):
+    learn = Learner(make_model(), make_dls(), F.cross_entropy, cbs=[TrainCB()])
+    path = tmp_path / 'ck.pt'
+    learn.save(path)
+    good = path.read_bytes()
+    def broken_save(obj, f):
+        f.write(b'half a checkpoint')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        learn.save(path)
+    assert path.read_bytes() == good and os.listdir(tmp_path) == ['ck.pt']
