@@ -7,14 +7,14 @@ Docs: https://miniai-dev.github.io/miniai/accel.html.md"""
 # %% auto #0
 __all__ = ['MixedPrecision', 'AccelerateCB']
 
-# %% ../nbs/17_accel.ipynb #ef0ff2f3
+# %% ../nbs/17_accel.ipynb #29620b50
 import warnings
 
 import torch
 
 from .learner import TrainCB, DeviceCB
 
-# %% ../nbs/17_accel.ipynb #973338d7
+# %% ../nbs/17_accel.ipynb #b07d65c2
 _DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
 
 def _as_dtype(dtype):
@@ -61,9 +61,9 @@ class MixedPrecision(TrainCB):
         self.scaler.step(learn.opt)   # unscales the gradients; skips the step if they are not finite
         self.scaler.update()
 
-# %% ../nbs/17_accel.ipynb #93268b05
+# %% ../nbs/17_accel.ipynb #a09f7b9e
 class AccelerateCB(TrainCB):
-    "Training step through Hugging Face accelerate (`Accelerator(mixed_precision, **kwargs)`): DDP over processes/GPUs, mixed precision."
+    "Training step through Hugging Face accelerate (`Accelerator(mixed_precision, **kwargs)`; default 'fp16' on CUDA, else 'no'): DDP over processes/GPUs."
     order = DeviceCB.order + 10
     def __init__(self, n_inp=1, mixed_precision=None, **accelerator_kwargs):
         from accelerate import Accelerator

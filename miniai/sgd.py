@@ -7,7 +7,7 @@ Docs: https://miniai-dev.github.io/miniai/accel_sgd.html.md"""
 # %% auto #0
 __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam', 'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'HasLearnCB', 'RecorderCB']
 
-# %% ../nbs/12_accel_sgd.ipynb #51bfa26f
+# %% ../nbs/12_accel_sgd.ipynb #59185b3f
 import math
 from numbers import Real
 
@@ -16,7 +16,7 @@ from torch import optim
 
 from .learner import Callback
 
-# %% ../nbs/12_accel_sgd.ipynb #3df7864d
+# %% ../nbs/12_accel_sgd.ipynb #7b359407
 def _check_hyper(name, v, lo=0., hi=None, lo_open=False):
     "Raise a clear error when hyperparameter `name`=`v` is not a real number in [lo, hi)."
     if isinstance(v, torch.Tensor):
@@ -27,12 +27,16 @@ def _check_hyper(name, v, lo=0., hi=None, lo_open=False):
         rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'})"
         raise ValueError(f"{name} must be in {rng}, got {v}")
 
-# %% ../nbs/12_accel_sgd.ipynb #b577dcff
+# %% ../nbs/12_accel_sgd.ipynb #71de8c19
 class SGD(optim.Optimizer):
     "SGD from scratch: `p -= lr*(grad + wd*p)`, the same steps as `torch.optim.SGD(lr=lr, weight_decay=wd)`."
-    def __init__(self, params, lr, wd=0., **hypers):
+    decouple_wd = False   # True: weight decay is `p *= 1 - lr*wd` in `reg_step`; False: `wd*p` joins the gradient
+    def __init__(self, params, lr, wd=0.): self._setup(params, lr, wd)
+
+    def _setup(self, params, lr, wd, **hypers):
+        "Check the hyperparameters and store them (under torch's names) as the param groups' defaults."
         _check_hyper('lr', lr); _check_hyper('wd', wd)
-        super().__init__(params, dict(lr=lr, weight_decay=wd, **hypers))
+        optim.Optimizer.__init__(self, params, dict(lr=lr, weight_decay=wd, **hypers))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,7 +53,8 @@ class SGD(optim.Optimizer):
         return loss
 
     def reg_step(self, p, hp):
-        "Regularisation before the update; plain SGD adds its (coupled) weight decay in `opt_step`."
+        "Regularisation before the update: decoupled weight decay `p *= 1 - lr*wd` when `decouple_wd`."
+        if self.decouple_wd and hp['weight_decay'] != 0: p.mul_(1 - hp['lr']*hp['weight_decay'])
 
     def opt_step(self, p, hp, state):
         "One SGD update of parameter `p` with the group's hyperparameters `hp`."
@@ -57,20 +62,17 @@ class SGD(optim.Optimizer):
         if hp['weight_decay'] != 0: g = g.add(p, alpha=hp['weight_decay'])  # L2: wd*p joins the gradient
         p.add_(g, alpha=-hp['lr'])
 
-# %% ../nbs/12_accel_sgd.ipynb #650e439b
+# %% ../nbs/12_accel_sgd.ipynb #3b1e52e5
 class Momentum(SGD):
     """SGD with momentum as in the course: `avg = mom*avg + (1-mom)*grad` (from 0), `p -= lr*avg`, decoupled wd.
 
     Deliberately differs from `torch.optim.SGD(momentum=mom)`, which sums instead of averaging
     (`buf = mom*buf + grad`, starting at the first gradient, so its steps are about 1/(1-mom) times
     larger) and adds `wd*p` to the gradient; here weight decay multiplies the weights by `1 - lr*wd`."""
+    decouple_wd = True
     def __init__(self, params, lr, wd=0., mom=0.9):
         _check_hyper('mom', mom, 0., 1.)
-        super().__init__(params, lr=lr, wd=wd, momentum=mom)
-
-    def reg_step(self, p, hp):
-        "Decoupled weight decay: `p *= 1 - lr*wd`."
-        if hp['weight_decay'] != 0: p.mul_(1 - hp['lr']*hp['weight_decay'])
+        self._setup(params, lr, wd, momentum=mom)
 
     def opt_step(self, p, hp, state):
         "Update the moving average of the gradient and step along it."
@@ -79,16 +81,17 @@ class Momentum(SGD):
         avg.mul_(mom).add_(p.grad, alpha=1-mom)
         p.add_(avg, alpha=-hp['lr'])
 
-# %% ../nbs/12_accel_sgd.ipynb #89ca67ef
-class RMSProp(Momentum):
+# %% ../nbs/12_accel_sgd.ipynb #3aa6b51b
+class RMSProp(SGD):
     """RMSProp as in the course: `sqr_avg = sqr_mom*sqr_avg + (1-sqr_mom)*grad**2` (started at the first `grad**2`), `p -= lr*grad/(sqrt(sqr_avg)+eps)`.
 
     Deliberately differs from `torch.optim.RMSprop(alpha=sqr_mom, eps=eps)`: torch starts the average
     at 0 (so its first steps are up to 1/sqrt(1-sqr_mom) times larger) and adds `wd*p` to the gradient;
     here weight decay is decoupled, `p *= 1 - lr*wd`."""
+    decouple_wd = True
     def __init__(self, params, lr, wd=0., sqr_mom=0.99, eps=1e-5):
         _check_hyper('sqr_mom', sqr_mom, 0., 1.); _check_hyper('eps', eps, lo_open=True)
-        SGD.__init__(self, params, lr=lr, wd=wd, sqr_mom=sqr_mom, eps=eps)
+        self._setup(params, lr, wd, sqr_mom=sqr_mom, eps=eps)
 
     def opt_step(self, p, hp, state):
         "Update the moving average of the squared gradient and take a step scaled by its root."
@@ -98,12 +101,13 @@ class RMSProp(Momentum):
         sqr_avg.mul_(sqr_mom).addcmul_(g, g, value=1-sqr_mom)
         p.addcdiv_(g, sqr_avg.sqrt().add_(hp['eps']), value=-hp['lr'])
 
-# %% ../nbs/12_accel_sgd.ipynb #a62dd2d1
-class Adam(Momentum):
+# %% ../nbs/12_accel_sgd.ipynb #c9d4e1ad
+class Adam(SGD):
     "Adam with decoupled weight decay (AdamW, Loshchilov & Hutter 2019): the same steps as `torch.optim.AdamW(betas=(beta1, beta2), eps=eps, weight_decay=wd)`."
+    decouple_wd = True
     def __init__(self, params, lr, wd=0., beta1=0.9, beta2=0.99, eps=1e-5):
         _check_hyper('beta1', beta1, 0., 1.); _check_hyper('beta2', beta2, 0., 1.); _check_hyper('eps', eps, lo_open=True)
-        SGD.__init__(self, params, lr=lr, wd=wd, betas=(beta1, beta2), eps=eps)
+        self._setup(params, lr, wd, betas=(beta1, beta2), eps=eps)
 
     def opt_step(self, p, hp, state):
         "Update both moving averages, correct their bias and step."
@@ -119,7 +123,7 @@ class Adam(Momentum):
         unbias_sqr_avg = sqr_avg / (1 - beta2**i)
         p.addcdiv_(unbias_avg, unbias_sqr_avg.sqrt().add_(hp['eps']), value=-hp['lr'])
 
-# %% ../nbs/12_accel_sgd.ipynb #b306ecd1
+# %% ../nbs/12_accel_sgd.ipynb #2c664229
 class BaseSchedCB(Callback):
     "Build the scheduler `sched(learn.opt)` (e.g. a `partial` of a torch lr scheduler) at `before_fit`; subclasses step it while training."
     def __init__(self, sched):
@@ -137,7 +141,7 @@ class EpochSchedCB(BaseSchedCB):
     "Step the scheduler after every training epoch."
     def after_epoch(self, learn): self._step(learn)
 
-# %% ../nbs/12_accel_sgd.ipynb #398674f2
+# %% ../nbs/12_accel_sgd.ipynb #810ea2ed
 class HasLearnCB(Callback):
     "Keep the learner as `self.learn` during a fit (set in `before_fit`, cleared in `after_fit`)."
     def before_fit(self, learn): self.learn = learn
@@ -145,6 +149,7 @@ class HasLearnCB(Callback):
 
 class RecorderCB(Callback):
     "Record `getter(self)` for each keyword `name=getter` after every training batch, in `recs[name]`; `self.pg` is the first param group."
+    order = BaseSchedCB.order - 1   # before the schedulers step: record the values each batch used
     def __init__(self, **getters):
         for k, f in getters.items():
             if not callable(f): raise TypeError(f"RecorderCB getter {k!r} must be callable as f(cb), got {type(f).__name__}")

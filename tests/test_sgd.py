@@ -161,7 +161,7 @@ def _onecycle_trace(opt, n=40, **kw):
     out = []
     for i in range(n):
         pg = opt.param_groups[0]
-        out.append((pg['lr'], pg['betas'][0] if 'betas' in pg else pg.get('momentum')))
+        out += [pg['lr'], pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)]
         opt.step()
         if i < n - 1: sched.step()
     return out
@@ -173,8 +173,8 @@ def test_onecycle_drives_our_optimizers_like_torchs():
     ours = _onecycle_trace(Momentum(w, lr=0.01, mom=0.9))
     ref = _onecycle_trace(torch.optim.SGD(w, lr=0.01, momentum=0.9))
     assert ours == pytest.approx(ref)
-    assert min(m for _, m in ours) == pytest.approx(0.85)  # momentum really cycled
-    lrs = [lr for lr, _ in _onecycle_trace(RMSProp(w, lr=0.01), cycle_momentum=False)]
+    assert min(ours[1::2]) == pytest.approx(0.85)  # momentum really cycled
+    lrs = _onecycle_trace(RMSProp(w, lr=0.01), cycle_momentum=False)[::2]
     assert max(lrs) == pytest.approx(0.1, rel=1e-2) and lrs[-1] < 1e-5
 
 
@@ -196,3 +196,93 @@ def test_bad_hyperparameter_type_error():
         opt = SGD(e.parameters(), lr=0.1)
         e(torch.tensor([1])).sum().backward()
         opt.step()
+
+
+# ---- schedule callbacks on a Learner ----
+from functools import partial
+from miniai.datasets import DataLoaders
+from miniai.learner import Learner, TrainCB, Callback
+
+
+def _learn(cbs, opt_func=SGD, lr=0.1, n_train=3, n_valid=2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda n: [(torch.randn(4, 3, generator=g, dtype=dtype), torch.randn(4, 1, generator=g, dtype=dtype)) for _ in range(n)]
+    torch.manual_seed(0)
+    return Learner(nn.Linear(3, 1).to(dtype), DataLoaders(mk(n_train), mk(n_valid)), F.mse_loss, lr=lr,
+                   cbs=[TrainCB()] + cbs, opt_func=opt_func)
+
+
+def test_batch_sched_cb_steps_once_per_training_batch():
+    rec = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    cb = BatchSchedCB(partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda i: i + 1))
+    _learn([cb, rec]).fit(2)
+    assert cb.schedo.last_epoch == 6                  # 3 training batches x 2 epochs, none in validation
+    # the recorder sees the lr each batch trained with (before the scheduler's step)
+    assert rec.recs['lr'] == pytest.approx([0.1*k for k in range(1, 7)])
+
+
+def test_epoch_sched_cb_steps_once_per_training_epoch():
+    seen = []
+    class LrAtEpoch(Callback):
+        def before_epoch(self, learn):
+            if learn.training: seen.append(learn.opt.param_groups[0]['lr'])
+    cb = EpochSchedCB(partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    _learn([cb, LrAtEpoch()]).fit(3)
+    assert cb.schedo.last_epoch == 3
+    assert seen == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_has_learn_cb_and_recorder_plot():
+    import matplotlib
+    matplotlib.use('Agg')
+    h = HasLearnCB()
+    class Check(Callback):
+        def after_batch(self, learn): assert h.learn is learn
+    rec = RecorderCB(lr=lambda cb: cb.pg['lr'], loss=lambda cb: cb.learn.loss.item())
+    _learn([h, Check(), rec]).fit(1)
+    assert h.learn is None and len(rec.recs['loss']) == 3
+    assert len(rec.plot()) == 2
+
+
+def test_sched_callbacks_bad_input():
+    with pytest.raises(TypeError, match="sched must be callable"): BatchSchedCB(0.1)
+    with pytest.raises(TypeError, match="getter 'lr' must be callable"): RecorderCB(lr='lr')
+
+
+def test_adam_as_learner_opt_func_matches_manual_adamw_loop():
+    "Our Adam as the Learner's opt_func, with OneCycleLR through BatchSchedCB, against torch AdamW in a hand loop (float64)."
+    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=6)
+    learn = _learn([BatchSchedCB(sched)], opt_func=partial(Adam, wd=0.01), dtype=torch.float64)
+    learn.fit(2)
+    ref = _learn([], dtype=torch.float64)
+    opt = torch.optim.AdamW(ref.model.parameters(), lr=0.1, weight_decay=0.01, betas=(0.9, 0.99), eps=1e-5)
+    s = sched(opt)
+    for _ in range(2):
+        for xb, yb in ref.dls.train:
+            F.mse_loss(ref.model(xb), yb).backward()
+            opt.step(); opt.zero_grad(); s.step()
+    for a, b in zip(learn.model.parameters(), ref.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoint_resume_with_our_adam_and_onecycle(tmp_path):
+    "An interrupted fit resumed from Learner checkpoints (our Adam's state + the OneCycleLR in BatchSchedCB) ends like an uninterrupted one."
+    from miniai.learner import CheckpointCB, CancelFitException
+    class StopAtEpoch1(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1: raise CancelFitException()
+    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=6)
+    def make(extra):
+        return _learn([BatchSchedCB(sched), *extra], opt_func=partial(Adam, wd=0.01), dtype=torch.float64)
+    full = make([])
+    full.fit(2)
+    path = tmp_path/'ck.pt'
+    make([CheckpointCB(path), StopAtEpoch1()]).fit(2)
+    ck = CheckpointCB(path)
+    resumed = make([ck])
+    with torch.no_grad():   # different start weights: only the checkpoint can bring it back
+        for p in resumed.model.parameters(): p.add_(1.)
+    resumed.fit(2)
+    assert ck.resumed_from == 1
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
