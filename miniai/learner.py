@@ -6,7 +6,7 @@ Docs: https://miniai-dev.github.io/miniai/learner.html.md"""
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs', 'SingleBatchCB', 'to_cpu',
-           'Mean', 'MetricsCB', 'DeviceCB', 'TrainCB', 'with_cbs', 'Learner', 'CheckpointCB', 'ProgressCB',
+           'Mean', 'Accuracy', 'MetricsCB', 'DeviceCB', 'TrainCB', 'with_cbs', 'Learner', 'CheckpointCB', 'ProgressCB',
            'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'lr_find']
 
 # %% ../nbs/09_learner.ipynb #b70686dd
@@ -94,6 +94,19 @@ class Mean:
         self.weight += x.numel() * weight
         return self
     def compute(self): return torch.tensor(self.total / self.weight if self.weight else math.nan)
+
+# %% ../nbs/09_learner.ipynb #49c696aa
+class Accuracy:
+    "Running share of correct `argmax` predictions, with `update(preds, targets)`, `compute()`, `reset()` (`nan` when empty)."
+    def __init__(self): self.reset()
+    def reset(self): self.correct, self.total = 0, 0
+    def update(self, preds, targets):
+        if preds.ndim != 2 or targets.shape != preds.shape[:1]:
+            raise ValueError(f"Accuracy needs preds (N, C) and targets (N,), got {tuple(preds.shape)} and {tuple(targets.shape)}")
+        self.correct += int((preds.argmax(dim=1) == targets).sum())
+        self.total += len(targets)
+        return self
+    def compute(self): return torch.tensor(self.correct / self.total if self.total else math.nan)
 
 # %% ../nbs/09_learner.ipynb #4ab6cd5b
 def _check_metric(name, m):

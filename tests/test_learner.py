@@ -422,3 +422,16 @@ def test_failed_save_keeps_last_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         learn.save(path)
     assert path.read_bytes() == good and os.listdir(tmp_path) == ['ck.pt']
+
+
+def test_accuracy_metric_matches_torcheval():
+    from torcheval.metrics import MulticlassAccuracy
+    from miniai.learner import Accuracy
+    ours, ref = Accuracy(), MulticlassAccuracy()
+    for _ in range(3):
+        p, t = torch.randn(37, 5), torch.randint(0, 5, (37,))
+        ours.update(p, t); ref.update(p, t)
+    assert abs(float(ours.compute()) - float(ref.compute())) < 1e-6
+    ours.reset()
+    assert torch.isnan(ours.compute())
+    with pytest.raises(ValueError, match=r"preds \(N, C\) and targets \(N,\)"): ours.update(torch.randn(4), torch.zeros(4))
