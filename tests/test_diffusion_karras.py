@@ -9,14 +9,6 @@ K = kdiff_sampling()
 pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "These tensors are small: one intra-op thread avoids thread-pool stalls on a busy 2-core CI machine (results are unchanged)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def stand_in(seed):
     "A non-linear denoiser `(x, sigma) -> x0_hat` with fixed random weights."
     w = torch.randn(3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -7,14 +7,6 @@ from miniai.diffusion import (SelfAttention, SelfAttention2D, timestep_embedding
     EmbUNetModel, CondUNetModel, drop_labels, EpsDenoiser, cfg_denoiser, sample_dpmpp_2m, ddim_sample, linear_sched, sigmas_karras)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "These tensors are small: one intra-op thread avoids thread-pool stalls on a busy 2-core CI machine (results are unchanged)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.mark.parametrize("ni,attn_chans,T", [(32, 8, 7), (12, 12, 5), (24, 4, 1)])
 def test_self_attention_matches_torch(ni, attn_chans, T):
     sa = SelfAttention(ni, attn_chans).double()

@@ -13,15 +13,6 @@ from miniai.learner import (CancelBatchException, CancelEpochException, CancelFi
                             TrainCB, TrainLearner, lr_find, run_cbs, to_cpu, with_cbs)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core CI machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class DLs:
     def __init__(self, train, valid): self.train, self.valid = train, valid
 
