@@ -1,5 +1,6 @@
 """miniai.accel: mixed precision on CPU, AccelerateCB against the plain training step, and a 2-process DDP run."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,9 +89,16 @@ def test_accelerate_cb_single_process_matches_train_cb():
     assert not torch.allclose(m1[0].weight, _model(torch.float64)[0].weight)
 
 
-def _run(args, out, env):
-    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"{' '.join(map(str, args))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+def _run(args, out, env, timeout=180):
+    "Run `args` in its own process group; on a hang, kill the whole group (launcher and ranks) and fail."
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try: stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        pytest.fail(f"{' '.join(map(str, args))} hung for {timeout}s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    assert p.returncode == 0, f"{' '.join(map(str, args))} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
