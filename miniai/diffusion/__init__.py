@@ -15,6 +15,9 @@ from .karras import (sigmas_karras, scalings, noisify_karras, denoise, KarrasDen
 from .attention import SelfAttention, SelfAttention2D
 from .unet import timestep_embedding, EmbResBlock, DownBlock, UpBlock, EmbUNetModel
 from .cond import CondUNetModel, drop_labels
+from .train import DDPMCB
+from .schedules import cosine_sched
+from .noisepred import NoiseLevelCB, noise_level_model, PredictedTimeModel
 
 # %% ../../nbs/28a_diffusion.ipynb #64052114
 __all__ = ['linear_sched', 'noisify', 'collate_ddpm', 'dl_ddpm', 'ddpm_sample',
@@ -23,4 +26,5 @@ __all__ = ['linear_sched', 'noisify', 'collate_ddpm', 'dl_ddpm', 'ddpm_sample',
            'sample_euler', 'sample_euler_ancestral', 'sample_heun', 'sample_lms', 'sample_dpmpp_2m', 'cfg_denoiser',
            'SelfAttention', 'SelfAttention2D',
            'timestep_embedding', 'EmbResBlock', 'DownBlock', 'UpBlock', 'EmbUNetModel',
-           'CondUNetModel', 'drop_labels']
+           'CondUNetModel', 'drop_labels',
+           'DDPMCB', 'cosine_sched', 'NoiseLevelCB', 'noise_level_model', 'PredictedTimeModel']
