@@ -45,6 +45,7 @@ export: $(VENV)/.dev-installed
 
 test: export OMP_NUM_THREADS = 1
 test: data $(VENV)/.dev-installed export
+	@$(BIN)/python -c "from miniai.datasets import load_fashion_mnist as l; d = l(); print('Fashion-MNIST:', {k: len(v) for k, v in d.items()})"
 	@$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests 2>&1 | tee $(VENV)/.pytest.log; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status
 	$(BIN)/nbdev-test --n-workers 2 --timing
