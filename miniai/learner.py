@@ -14,7 +14,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from copy import deepcopy
@@ -25,6 +24,7 @@ import torch
 from torch import nn, optim
 import torch.nn.functional as F
 
+from .datasets import atomic_write
 from .conv import def_device, to_device
 
 # %% ../nbs/09_learner.ipynb #ddc56ad8
@@ -187,20 +187,7 @@ class with_cbs:
 # %% ../nbs/09_learner.ipynb #b5139998
 def _atomic_save(obj, path):
     "`torch.save` `obj` to `path` through a temporary file in the same directory and an atomic rename."
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try: os.unlink(tmp)
-        except OSError: pass
-        raise
+    atomic_write(path, partial(torch.save, obj))
 
 def _dl_generators(dls):
     "The `torch.Generator`s the train/valid data loaders of `dls` draw from, by name."

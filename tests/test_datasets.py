@@ -326,3 +326,19 @@ def test_show_images_headless(sample_dd):
     visible = [ax for ax in fig.axes if ax.get_images()]
     assert len(visible) == 7 and visible[0].get_title() == str(int(ys[0]))
     with pytest.raises(ValueError, match="n >= 1"): mds.get_grid(0)
+
+
+def test_atomic_write(tmp_path):
+    import os
+    mds.atomic_write(tmp_path/'a'/'f.txt', 'hello')
+    assert (tmp_path/'a'/'f.txt').read_text() == 'hello'
+    mask = os.umask(0); os.umask(mask)
+    assert (tmp_path/'a'/'f.txt').stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    mds.atomic_write(tmp_path/'a'/'f.txt', lambda f: f.write(b'new'))
+    assert (tmp_path/'a'/'f.txt').read_bytes() == b'new'
+    def boom(f):
+        f.write(b'partial')
+        raise RuntimeError('crash mid-write')
+    with pytest.raises(RuntimeError, match='crash mid-write'): mds.atomic_write(tmp_path/'a'/'f.txt', boom)
+    assert (tmp_path/'a'/'f.txt').read_bytes() == b'new'  # the old file survives a failed write
+    assert [p.name for p in (tmp_path/'a').iterdir()] == ['f.txt']  # and no temp file is left behind
