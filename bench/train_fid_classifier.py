@@ -14,7 +14,6 @@ Run:  .venv/bin/python bench/train_fid_classifier.py [--epochs 5] [--nfs 8,16,32
 """
 import argparse
 import os
-import tempfile
 import time
 from functools import partial
 
@@ -24,32 +23,11 @@ import torch.nn.functional as F
 from miniai.activations import set_seed
 from miniai.augment import rand_crop_flip
 from miniai.conv import def_device
-from miniai.datasets import TensorLoader, DataLoaders, dataset_tensors, load_fashion_mnist
+from miniai.datasets import TensorLoader, DataLoaders, atomic_write, dataset_tensors, load_fashion_mnist
 from miniai.fid import FMNIST_CLASSIFIER, fmnist_32, fmnist_classifier_model
 from miniai.init import BatchTransformCB, init_weights
-from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
+from miniai.learner import Accuracy, DeviceCB, MetricsCB, ProgressCB, TrainLearner
 from miniai.sgd import Adam, BatchSchedCB
-
-
-class Accuracy:
-    "Multiclass accuracy with update/compute/reset."
-    def __init__(self): self.reset()
-    def reset(self): self.correct, self.n = 0, 0
-    def update(self, preds, targ): self.correct += int((preds.argmax(1) == targ).sum()); self.n += len(targ)
-    def compute(self): return torch.tensor(self.correct / max(self.n, 1))
-
-
-def atomic_save(obj, path):
-    "torch.save through a temporary file in the same folder and an atomic rename."
-    d = os.path.dirname(os.path.abspath(path)); os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: torch.save(obj, f)
-        os.chmod(tmp, 0o644)   # mkstemp makes it private; the weights ship in the package
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
 
 
 def main():
@@ -88,7 +66,7 @@ def main():
     model = model.cpu().eval()
     print(f'test accuracy {acc:.4f} after {a.epochs} epochs in {time.perf_counter() - t:.0f}s', flush=True)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    atomic_save({'nfs': list(nfs), 'model': state, 'test_acc': acc, 'epochs': a.epochs}, a.out)
+    atomic_write(a.out, partial(torch.save, {'nfs': list(nfs), 'model': state, 'test_acc': acc, 'epochs': a.epochs}))
     print(f'wrote {a.out} ({os.path.getsize(a.out) / 1e6:.2f} MB)')
 
 

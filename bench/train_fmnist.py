@@ -25,7 +25,7 @@ from miniai.activations import set_seed
 from miniai.conv import def_device
 from miniai.datasets import DataLoaders, load_fashion_mnist
 from miniai.init import BatchTransformCB, init_weights
-from miniai.learner import Callback, DeviceCB, Learner, MetricsCB, ProgressCB, TrainCB
+from miniai.learner import Accuracy, Callback, DeviceCB, Learner, MetricsCB, ProgressCB, TrainCB
 from miniai.resnet import act_gr, get_resnet, get_resnet_gap
 from miniai.sgd import Adam, BatchSchedCB
 
@@ -37,15 +37,6 @@ def _norm(b): return (b[0] - XMEAN)/XSTD, b[1]
 
 def _sync(device):
     if str(device).startswith('cuda'): torch.cuda.synchronize()
-
-
-class Accuracy:
-    "Multiclass accuracy with update/compute/reset (kept here so the benchmark needs no torcheval)."
-    def __init__(self): self.reset()
-    def reset(self): self.correct, self.n = 0, 0
-    def update(self, preds, targ):
-        self.correct += int((preds.argmax(1) == targ).sum()); self.n += len(targ)
-    def compute(self): return torch.tensor(self.correct/max(self.n, 1))
 
 
 class DataTimeCB(Callback):
