@@ -8,6 +8,8 @@ loss/accuracy bookkeeping). The two runs use the same seed, initial weights and 
 results agree too. Runs alternate which goes first, so load on the machine hits both alike.
 
 Run:  .venv/bin/python bench/train_fmnist.py [--epochs 5] [--reps 1] [--device cpu|cuda] [--n-train N]
+      20-epoch accuracy with augmentation and TTA (a GPU run):
+      .venv/bin/python bench/train_fmnist.py --epochs 20 --model resnet_gap --augment --tta --skip-bare --device cuda
 Prints one table. "data %" is the time spent waiting for the next batch from the data loader as a
 share of the rest of the training step (timed per batch, with a device sync when on a GPU).
 """
@@ -26,6 +28,7 @@ from miniai.conv import def_device
 from miniai.datasets import DataLoaders, load_fashion_mnist
 from miniai.init import BatchTransformCB, init_weights
 from miniai.learner import Accuracy, Callback, DeviceCB, Learner, MetricsCB, ProgressCB, TrainCB
+from miniai.augment import rand_crop_flip, tfm_batch, tta_preds
 from miniai.resnet import act_gr, get_resnet, get_resnet_gap
 from miniai.sgd import Adam, BatchSchedCB
 
@@ -73,11 +76,16 @@ def run_learner(dd, a):
     dt = DataTimeCB(a.device)
     metrics = MetricsCB(accuracy=Accuracy())
     cbs = [TrainCB(), DeviceCB(a.device), metrics, ProgressCB(), BatchTransformCB(_norm), BatchSchedCB(sched), dt]
+    if a.augment: cbs.append(BatchTransformCB(partial(tfm_batch, tfm_x=rand_crop_flip), on_val=False))  # after _norm, on the device
     learn = Learner(model, dls, F.cross_entropy, lr=a.lr, cbs=cbs, opt_func=partial(Adam, wd=1e-5))
     _sync(a.device); t = time.perf_counter()
     learn.fit(a.epochs)
     _sync(a.device); wall = time.perf_counter() - t
-    return dict(wall=wall, data=dt.data_t, step=dt.step_t, acc=float(metrics.metrics['accuracy'].compute()))
+    res = dict(wall=wall, data=dt.data_t, step=dt.step_t, acc=float(metrics.metrics['accuracy'].compute()))
+    if a.tta:
+        preds, targs = tta_preds(learn)  # mean of the predictions on the test images and their mirror images
+        res['tta'] = float((preds.argmax(1) == targs).float().mean())
+    return res
 
 
 def run_bare(dd, a):
@@ -137,7 +145,10 @@ def main():
     p.add_argument('--n-valid', type=int, default=0, help='use the first N test images (0: all 10,000)')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--skip-bare', action='store_true', help='only the Learner run (accuracy), no overhead comparison')
+    p.add_argument('--augment', action='store_true', help='random crop + flip of training batches on the device (needs --skip-bare)')
+    p.add_argument('--tta', action='store_true', help='also report test-time-augmented accuracy (with the flip; needs --skip-bare)')
     a = p.parse_args()
+    if (a.augment or a.tta) and not a.skip_bare: p.error('--augment and --tta measure accuracy only: add --skip-bare')
     dd = load_fashion_mnist()
     dd = {'train': dd['train'].select(range(a.n_train)) if a.n_train else dd['train'],
           'test': dd['test'].select(range(a.n_valid)) if a.n_valid else dd['test']}
@@ -153,7 +164,7 @@ def main():
     dev = a.device
     if str(dev).startswith('cuda'): dev = f"{dev} ({torch.cuda.get_device_name()})"
     print(f"\nFashion-MNIST {len(dd['train'])} train / {len(dd['test'])} valid images, {a.model} "
-          f"({n_params/1e6:.2f}M params), bs {a.bs}, {a.epochs} epochs, device {dev}, "
+          f"({n_params/1e6:.2f}M params), bs {a.bs}, {a.epochs} epochs{', crop+flip augmentation' if a.augment else ''}, device {dev}, "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"| run | reps | wall s (median) | s/epoch | data % of step | valid accuracy |")
     print(f"|--|--|--|--|--|--|")
@@ -162,7 +173,7 @@ def main():
         if not rs: continue
         med[name] = statistics.median(o['wall'] for o in rs)
         share = statistics.median(o['data']/o['step'] for o in rs)
-        accs = ', '.join(f"{o['acc']:.4f}" for o in rs)
+        accs = ', '.join(f"{o['acc']:.4f}" + (f" (TTA {o['tta']:.4f})" if 'tta' in o else '') for o in rs)
         print(f"| {name} | {len(rs)} | {med[name]:.1f} | {med[name]/a.epochs:.1f} | {100*share:.2f} | {accs} |")
     if len(med) == 2:
         print(f"| Learner overhead | | {100*(med['Learner']/med['bare loop'] - 1):+.1f}% | | | |")
