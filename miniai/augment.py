@@ -187,6 +187,7 @@ class CapturePreds(Callback):
     "Collect the inputs, predictions and targets of every batch (on the CPU) in `all_inps`, `all_preds`, `all_targs`."
     def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs = [], [], []
     def after_batch(self, learn):
+        if learn.preds is None: return   # a batch cancelled before its predictions
         self.all_inps.append(to_cpu(learn.batch[0]))
         self.all_preds.append(to_cpu(learn.preds))
         self.all_targs.append(to_cpu(learn.batch[1]))

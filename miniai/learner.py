@@ -29,13 +29,13 @@ from .conv import def_device, to_device
 
 # %% ../nbs/09_learner.ipynb #ddc56ad8
 class CancelFitException(Exception):
-    "Raise in a callback to stop `fit`: `after_fit` is skipped, `cleanup_fit` still runs."
+    "Raise in a callback to stop `fit`: the rest of the fit is skipped, then `after_fit` and `cleanup_fit` run."
 
 class CancelEpochException(Exception):
-    "Raise in a callback to skip the rest of the epoch: `after_epoch` is skipped, `cleanup_epoch` still runs."
+    "Raise in a callback to skip the rest of the epoch: then `after_epoch` and `cleanup_epoch` run."
 
 class CancelBatchException(Exception):
-    "Raise in a callback to skip the rest of the batch: `after_batch` is skipped, `cleanup_batch` still runs."
+    "Raise in a callback to skip the rest of the batch: then `after_batch` and `cleanup_batch` run."
 
 _cancel_excs = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
 
@@ -135,12 +135,14 @@ class MetricsCB(Callback):
         for m in self.all_metrics.values(): m.reset()
 
     def after_epoch(self, learn):
+        if not self.loss.weight: return   # no batch finished (e.g. an epoch cancelled at its start): nothing to log
         log = {k: _fmt(v.compute()) for k, v in self.all_metrics.items()}
         log['epoch'] = learn.epoch
         log['train'] = 'train' if learn.model.training else 'eval'
         self._log(log)
 
     def after_batch(self, learn):
+        if learn.preds is None or learn.loss is None: return   # a batch cancelled before its loss
         x, y, *_ = learn.batch
         if self.metrics:
             preds, y = to_cpu(learn.preds), to_cpu(y)
@@ -177,10 +179,12 @@ class with_cbs:
         @wraps(f)
         def _f(o, *args, **kwargs):
             try:
-                o.callback(f'before_{nm}')
-                f(o, *args, **kwargs)
+                try:
+                    o.callback(f'before_{nm}')
+                    f(o, *args, **kwargs)
+                except exc: pass                 # cancelled: the stage still ends with after_nm
                 o.callback(f'after_{nm}')
-            except exc: pass
+            except exc: pass                     # cancelled by an after_nm callback: it is not run again
             finally: o.callback(f'cleanup_{nm}')
         return _f
 
@@ -305,7 +309,9 @@ class Learner:
 
     @with_cbs('epoch')
     def _one_epoch(self):
-        for self.iter, self.batch in enumerate(self.dl): self._one_batch()
+        for self.iter, self.batch in enumerate(self.dl):
+            self.preds = self.loss = None   # set by this batch's predict/get_loss; stay None if it is cancelled first
+            self._one_batch()
 
     def one_epoch(self, training):
         "Run one pass over `dls.train` (`training=True`) or `dls.valid`, setting the model's mode to match."
@@ -461,13 +467,14 @@ class ProgressCB(Callback):
         if self.nb: learn.dl = self._progress_bar(learn.dl, leave=False, parent=self.mbar)
 
     def after_batch(self, learn):
+        if learn.loss is None: return
         if self.nb: learn.dl.comment = f'{float(learn.loss.detach()):.3f}'
         if self.plot and learn.training:
             self.losses.append(float(learn.loss.detach()))
             if self.nb and time.perf_counter() - self.last_draw > 1: self._draw(learn)
 
     def after_epoch(self, learn):
-        if self.plot and not learn.training and self.metrics is not None:
+        if self.plot and not learn.training and self.metrics is not None and self.metrics.loss.weight:
             self.val_losses.append((len(self.losses), float(self.metrics.loss.compute())))
             if self.nb: self._draw(learn)
 
@@ -532,6 +539,7 @@ class LRFinderCB(Callback):
         if not bool(torch.isfinite(learn.loss.detach()).all()): raise CancelFitException()
 
     def after_batch(self, learn):
+        if learn.loss is None: return
         self.lrs.append(learn.opt.param_groups[0]['lr'])
         loss = float(to_cpu(learn.loss))
         self.losses.append(loss)

@@ -160,6 +160,7 @@ def test_clean_helpers_and_plot_func():
     assert not hasattr(sys, 'last_traceback') and not hasattr(sys, 'last_value')
     clean_ipython_hist()   # no IPython shell here: a no-op
     clean_mem()
+    plt.close('all')   # a figure left by an earlier test would hold other lines
     plot_func(GeneralRelu(0.1, 0.4))
     (line,) = plt.gca().get_lines()[:1]
     assert len(line.get_xdata()) == 100

@@ -8,7 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from miniai.learner import (CancelBatchException, CancelEpochException, CancelFitException, Callback, CheckpointCB,
+from miniai.learner import (Accuracy, CancelBatchException, CancelEpochException, CancelFitException, Callback, CheckpointCB,
                             DeviceCB, Learner, LRFinderCB, Mean, MetricsCB, MomentumLearner, ProgressCB, SingleBatchCB,
                             TrainCB, TrainLearner, lr_find, run_cbs, to_cpu, with_cbs)
 
@@ -81,12 +81,12 @@ def test_order_attribute_sorts_callbacks():
 
 
 def test_cancel_batch():
-    # cancel the first training batch after predict: no backward/step/after_batch for it, cleanup_batch runs
+    # cancel the first training batch after predict: no loss/backward/step for it, but after_batch and cleanup_batch run
     rec = Recorder('after_predict', CancelBatchException(), when=lambda l: l.training and l.iter == 0)
     learn = Learner(make_model(), make_dls(32, 16, 16), F.cross_entropy, cbs=[TrainCB(), rec])
     learn.fit(1, valid=False)
     first = rec.events[2:rec.events.index('before_batch', 3)]
-    assert first == ['before_batch', 'after_predict', 'cleanup_batch']
+    assert first == ['before_batch', 'after_predict', 'after_batch', 'cleanup_batch']
     assert rec.events[-4:] == ['after_epoch', 'cleanup_epoch', 'after_fit', 'cleanup_fit']
 
 
@@ -96,16 +96,55 @@ def test_cancel_epoch_and_fit():
     learn.fit(1)
     ev = rec.events
     i = ev.index('cleanup_epoch')
-    # training epoch: batch 0 complete, batch 1 cancelled in before_batch, then cleanup (no after_epoch)
+    # training epoch: batch 0 complete, batch 1 cancelled in before_batch (a CancelEpochException passes the batch
+    # stage: no after_batch), then the epoch ends with after_epoch and cleanup_epoch
     assert ev[:i + 1] == ['before_fit', 'before_epoch'] + batch_events(True) + ['before_batch', 'cleanup_batch',
-                                                                               'cleanup_epoch']
+                                                                               'after_epoch', 'cleanup_epoch']
     assert ev[i + 1:] == ['before_epoch'] + batch_events(False) + ['after_epoch', 'cleanup_epoch', 'after_fit', 'cleanup_fit']
 
+    # CancelFitException in the first after_batch: the fit ends with after_fit, no after_epoch, no later batch
     rec = Recorder('after_batch', CancelFitException(), when=lambda l: l.iter == 0)
     learn = Learner(make_model(), make_dls(), F.cross_entropy, cbs=[TrainCB(), rec])
     learn.fit(3)
-    assert rec.events[-3:] == ['cleanup_batch', 'cleanup_epoch', 'cleanup_fit']
-    assert 'after_fit' not in rec.events and 'after_epoch' not in rec.events
+    assert rec.events == ['before_fit', 'before_epoch'] + batch_events(True) + ['cleanup_epoch', 'after_fit', 'cleanup_fit']
+
+
+def test_cancel_in_after_event_does_not_rerun_it():
+    # a stage's own cancel raised by its after_ event ends the stage: after_ is not called a second time
+    for stage, exc in (('batch', CancelBatchException()), ('epoch', CancelEpochException()), ('fit', CancelFitException())):
+        rec = Recorder(f'after_{stage}', exc)
+        Learner(make_model(), make_dls(32, 16, 16), F.cross_entropy, cbs=[TrainCB(), rec]).fit(2)
+        n_batches, n_epochs = 2*(2 + 1), 2*2   # per epoch: 2 train + 1 valid batches; 2 passes per epoch
+        exp = {'batch': n_batches, 'epoch': n_epochs, 'fit': 1}[stage]
+        assert rec.events.count(f'after_{stage}') == exp, stage
+        assert rec.events.count(f'cleanup_{stage}') == exp, stage
+
+
+def test_cancelled_batch_skipped_by_metrics():
+    # a batch cancelled before its loss leaves preds/loss None; MetricsCB counts only the finished batches
+    class SkipFirst(Callback):
+        def before_batch(self, learn):
+            if learn.iter == 0: raise CancelBatchException()
+    metrics = MetricsCB(accuracy=Accuracy())
+    logs = []
+    metrics._log = logs.append
+    learn = Learner(make_model(), make_dls(48, 32, 16), F.cross_entropy, cbs=[TrainCB(), metrics, SkipFirst()])
+    learn.fit(1)
+    assert [d['train'] for d in logs] == ['train', 'eval']
+    assert metrics.all_metrics['accuracy'].total == 16   # the valid pass: 2 batches of 16, the first skipped
+    assert metrics.loss.weight == 16
+
+
+def test_empty_epoch_is_not_logged():
+    # an epoch cancelled at its start has no batches: MetricsCB logs nothing for it (no row of nans)
+    class SkipValid(Callback):
+        def before_epoch(self, learn):
+            if not learn.training: raise CancelEpochException()
+    metrics = MetricsCB(accuracy=Accuracy())
+    logs = []
+    metrics._log = logs.append
+    Learner(make_model(), make_dls(32, 16, 16), F.cross_entropy, cbs=[TrainCB(), metrics, SkipValid()]).fit(2)
+    assert [d['train'] for d in logs] == ['train', 'train']
 
 
 def test_single_batch_cb():
