@@ -80,7 +80,7 @@ def run_learner(dd, a):
     dt = DataTimeCB(a.device)
     metrics = MetricsCB(accuracy=Accuracy())
     cbs = [TrainCB(), DeviceCB(a.device), metrics, ProgressCB(), BatchTransformCB(_norm), BatchSchedCB(sched), dt]
-    if a.augment: cbs.append(BatchTransformCB(partial(tfm_batch, tfm_x=rand_crop_flip), on_val=False))  # after _norm, on the device
+    if a.augment: cbs.append(BatchTransformCB(partial(tfm_batch, tfm_x=partial(rand_crop_flip, padding=a.pad)), on_val=False))  # after _norm, on the device
     learn = Learner(model, dls, F.cross_entropy, lr=a.lr, cbs=cbs, opt_func=partial(Adam, wd=1e-5))
     _sync(a.device); t = time.perf_counter()
     learn.fit(a.epochs)
@@ -150,6 +150,7 @@ def main():
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--skip-bare', action='store_true', help='only the Learner run (accuracy), no overhead comparison')
     p.add_argument('--augment', action='store_true', help='random crop + flip of training batches on the device (needs --skip-bare)')
+    p.add_argument('--pad', type=int, default=1, help='--augment: zero padding before the random crop (the course used 1)')
     p.add_argument('--tta', action='store_true', help='also report test-time-augmented accuracy (with the flip; needs --skip-bare)')
     a = p.parse_args()
     if (a.augment or a.tta) and not a.skip_bare: p.error('--augment and --tta measure accuracy only: add --skip-bare')
@@ -168,7 +169,7 @@ def main():
     dev = a.device
     if str(dev).startswith('cuda'): dev = f"{dev} ({torch.cuda.get_device_name()})"
     print(f"\nFashion-MNIST {len(dd['train'])} train / {len(dd['test'])} valid images, {a.model} "
-          f"({n_params/1e6:.2f}M params), bs {a.bs}, {a.epochs} epochs{', crop+flip augmentation' if a.augment else ''}, device {dev}, "
+          f"({n_params/1e6:.2f}M params), bs {a.bs}, {a.epochs} epochs{f', crop (pad {a.pad})+flip augmentation' if a.augment else ''}, device {dev}, "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"| run | reps | wall s (median) | s/epoch | data % of step | valid accuracy |")
     print(f"|--|--|--|--|--|--|")
