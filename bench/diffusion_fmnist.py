@@ -20,7 +20,7 @@ Run:  .venv/bin/python bench/diffusion_fmnist.py [--epochs 25] [--train-minutes 
           [--n-samples 2048] [--rows all|ddim25,dpmpp2m10,...] [--device cuda] [--ckpt ckpt/diffusion_fmnist.pt]
 GPU (the default model): .venv/bin/python bench/diffusion_fmnist.py --device cuda
 2-core CPU, the README's table (2.37M-parameter U-Net, attention only at 4x4; 16 epochs took 68 min, then about
-45 min for all rows but DDPM, whose 1000 steps take about 1 h per 2,048 samples here, so it was run with 512):
+26 min for all rows but DDPM, whose 1000 steps take about 1 h per 2,048 samples here, so it was run with 512):
       .venv/bin/python bench/diffusion_fmnist.py --nfs 16,32,64,128 --num-layers 1 --attn-chans 8 --attn-start 3 \
           --epochs 16 --ckpt ckpt/diffusion_cpu.pt --rows dpmpp2m10,dpmpp2m20,lms20,heun20,ddim25,ddim50,ddim100,euler100
       (same) --n-samples 512 --rows dpmpp2m10,ddpm1000
