@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from miniai.activations import set_seed
 from miniai.augment import rand_crop_flip
 from miniai.conv import def_device
-from miniai.datasets import TensorLoader, DataLoaders, atomic_write, dataset_tensors, load_fashion_mnist
+from miniai.datasets import TensorLoader, DataLoaders, dataset_tensors, load_fashion_mnist
+from miniai.utils import atomic_write
 from miniai.fid import FMNIST_CLASSIFIER, fmnist_32, fmnist_classifier_model
 from miniai.init import BatchTransformCB, init_weights
 from miniai.learner import Accuracy, DeviceCB, MetricsCB, ProgressCB, TrainLearner

@@ -18,12 +18,16 @@ import torch
 from torch.utils.data import default_collate
 
 from .training import get_dls
+from .utils import atomic_write, _umask
 
 # %% auto #0
 __all__ = ['FMNIST_CLASSES', 'DEBIAN_FMNIST', 'SAMPLE_FMNIST', 'read_idx', 'read_fmnist_split', 'fmnist_features',
-           'dd_from_arrays', 'atomic_write', 'cache_dir', 'hub_reachable', 'load_fashion_mnist', 'dataset_tensors',
-           'to_float_images', 'TensorLoader', 'inplace', 'collate_dict', 'DataLoaders', 'show_image', 'subplots',
-           'get_grid', 'show_images', 'make_fmnist_sample']
+           'dd_from_arrays', 'cache_dir', 'hub_reachable', 'load_fashion_mnist', 'dataset_tensors', 'to_float_images',
+           'TensorLoader', 'inplace', 'collate_dict', 'DataLoaders', 'show_image', 'subplots', 'get_grid',
+           'show_images', 'make_fmnist_sample', 'atomic_write']
+
+# %% ../nbs/05_datasets.ipynb #50c13423
+_all_ = ['atomic_write']   # re-exported: it lived here before miniai.utils
 
 # %% ../nbs/05_datasets.ipynb #7fbdf6b9
 _IDX_UBYTE = 0x08  # the only IDX element type (Fashion-)MNIST uses: unsigned bytes
@@ -104,29 +108,6 @@ def dd_from_arrays(arrays):
 
 # %% ../nbs/05_datasets.ipynb #76c1c747
 _TENSORS = 'miniai_uint8.npz'
-
-def _umask():
-    "The process's file-creation mask (files we create get the usual permissions, not mkstemp's private ones)."
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-def atomic_write(path, data):
-    "Write `data` (bytes, str, or a function of a binary file) to `path` through a temporary file and a rename."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if callable(data): data(f)
-            else: f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 def cache_dir():
     "Where miniai keeps prepared data: `$MINIAI_CACHE`, else `~/.cache/miniai`."

@@ -14,7 +14,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from .conv import conv, def_device, to_device
-from .datasets import DataLoaders, atomic_write, load_fashion_mnist, show_images
+from .datasets import DataLoaders, load_fashion_mnist, show_images
+from .utils import atomic_write
 from .training import fit
 
 # %% auto #0

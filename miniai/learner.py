@@ -24,7 +24,7 @@ import torch
 from torch import nn, optim
 import torch.nn.functional as F
 
-from .datasets import atomic_write
+from .utils import atomic_write
 from .conv import def_device, to_device
 
 # %% ../nbs/09_learner.ipynb #ddc56ad8
