@@ -56,8 +56,7 @@ class TimeBudgetCB(Callback):
     order = CheckpointCB.order + 10
     def __init__(self, minutes): self.budget = minutes * 60
     def before_fit(self, learn): self.t0, self.t_epoch = time.perf_counter(), time.perf_counter()
-    def after_epoch(self, learn):
-        if learn.training and learn.run_valid: return
+    def after_full_epoch(self, learn):
         now = time.perf_counter()
         dur, self.t_epoch = now - self.t_epoch, now
         if now - self.t0 + dur > self.budget:
@@ -99,7 +98,7 @@ def train(a, xtr, xte, sched):
                       TensorLoader(xte[:a.n_valid], torch.zeros(min(a.n_valid, len(xte))), 512, tfm=None))
     tsched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=max(a.epochs, 1) * len(dls.train))
     cbs = [DeviceCB(a.device), DDPMCB(sched, generator=torch.Generator().manual_seed(a.seed + 1)), MetricsCB(),
-           ProgressCB(notebook=False), BatchSchedCB(tsched), CheckpointCB(a.ckpt, resume=True)]
+           ProgressCB(notebook=False), BatchSchedCB(tsched), CheckpointCB(a.ckpt)]
     if a.train_minutes: cbs.append(TimeBudgetCB(a.train_minutes))
     cbs.append(TrainCB() if AMP[a.amp] is None else MixedPrecision(AMP[a.amp]))
     learn = Learner(model, dls, F.mse_loss, lr=a.lr, opt_func=partial(Adam, eps=1e-5, wd=a.wd), cbs=cbs)
@@ -109,7 +108,7 @@ def train(a, xtr, xte, sched):
     else: done = 0
     if done < a.epochs:
         t = time.perf_counter()
-        learn.fit(a.epochs)
+        learn.fit(a.epochs, resume_from=a.ckpt if done else None)
         print(f'trained in {(time.perf_counter() - t) / 60:.1f} min', flush=True)
     else: learn.load(a.ckpt, with_opt=False)
     return learn.model.to(a.device).eval(), learn.epochs_done

@@ -73,7 +73,7 @@ class AccelerateCB(TrainCB):
 
     def before_fit(self, learn):
         from torch.utils.data import DataLoader
-        self._orig = learn.model, learn.dls.train, learn.dls.valid
+        self._orig = learn.model, learn.opt, learn.dls.train, learn.dls.valid
         if self.acc.num_processes > 1:
             for nm in ('train', 'valid'):
                 if not isinstance(getattr(learn.dls, nm), DataLoader):
@@ -87,6 +87,5 @@ class AccelerateCB(TrainCB):
     def after_fit(self, learn): learn.model = self.acc.unwrap_model(learn.model)
 
     def cleanup_fit(self, learn):
-        "Give back the original model and data loaders, so a later `fit` prepares them afresh."
-        model, learn.dls.train, learn.dls.valid = self._orig
-        learn.model = model
+        "Give back the original model, optimizer and data loaders, so a later `fit` prepares them afresh."
+        learn.model, learn.opt, learn.dls.train, learn.dls.valid = self._orig

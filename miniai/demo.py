@@ -64,10 +64,10 @@ def train_resnet(dls, out, epochs=1, nfs=(8, 16, 32, 64, 128, 256), lr=None, dev
     learn = TrainLearner(model, dls, F.cross_entropy, cbs=base, opt_func=partial(Adam, wd=1e-5))
     sugg = None
     if lr is None:
-        sugg = lr_find(learn, max_mult=3)  # the lr at the minimum loss / 10
+        sugg = lr_find(learn, max_mult=3).valley  # fastai's default suggestion
         lr = min(sugg, 1e-2)  # capped: one-cycle's peak is higher than a constant lr could be
         save_figure(plt.gcf(), Path(out)/'lr_find.png')
-        print(f"lr_find suggests {sugg:.2g}, using {lr:.2g}; plot -> {Path(out)/'lr_find.png'}")
+        print(f"lr_find suggests {sugg:.2g} (valley), using {lr:.2g}; plot -> {Path(out)/'lr_find.png'}")
     astats = ActivationStats(ResBlock)
     sched = BatchSchedCB(partial(OneCycleLR, max_lr=lr, total_steps=epochs*len(dls.train)))
     metrics = MetricsCB(accuracy=Accuracy())
