@@ -471,6 +471,7 @@ def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
 def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kwargs):
     "A figure with a grid of at least `n` axes (the unused ones hidden) and an optional bold title."
     if n < 1: raise ValueError(f"get_grid needs n >= 1, got {n}")
+    if nrows and ncols and nrows*ncols < n: raise ValueError(f"a {nrows}x{ncols} grid has room for {nrows*ncols} images, not {n}")
     if nrows: ncols = ncols or math.ceil(n/nrows)
     elif ncols: nrows = math.ceil(n/ncols)
     else:

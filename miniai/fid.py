@@ -80,7 +80,9 @@ def kid_from_features(f1, f2, n_subsets=1, subset_size=None, generator=None):
     x, y = _as_feats(f1, 'f1'), _as_feats(f2, 'f2')
     if x.shape[1] != y.shape[1]: raise ValueError(f"f1 and f2 have different feature sizes: {x.shape[1]} and {y.shape[1]}")
     if int(n_subsets) != n_subsets or n_subsets < 1: raise ValueError(f"n_subsets must be a positive integer, got {n_subsets}")
-    if subset_size is None: return float(_mmd2_poly(x, y))
+    if subset_size is None:
+        if n_subsets != 1: raise ValueError(f"n_subsets={n_subsets} needs a subset_size (without one, KID uses all the features once)")
+        return float(_mmd2_poly(x, y))
     if int(subset_size) != subset_size or not 2 <= subset_size <= min(len(x), len(y)):
         raise ValueError(f"subset_size must be an integer in [2, {min(len(x), len(y))}], got {subset_size}")
     vals = [_mmd2_poly(x[torch.randperm(len(x), generator=generator)[:int(subset_size)]],

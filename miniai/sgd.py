@@ -207,7 +207,12 @@ class RecorderCB(Callback):
 
     def before_fit(self, learn):
         self.recs = {k: [] for k in self.getters}
-        self.learn, self.pg = learn, learn.opt.param_groups[0]
+        self.learn = learn
+
+    @property
+    def pg(self):
+        "The optimizer's first param group, looked up each time: loading a checkpoint (`load_state_dict`) replaces the group dicts."
+        return self.learn.opt.param_groups[0]
 
     def after_batch(self, learn):
         if not learn.training: return

@@ -326,6 +326,8 @@ def test_show_images_headless(sample_dd):
     visible = [ax for ax in fig.axes if ax.get_images()]
     assert len(visible) == 7 and visible[0].get_title() == str(int(ys[0]))
     with pytest.raises(ValueError, match="n >= 1"): mds.get_grid(0)
+    with pytest.raises(ValueError, match="a 2x2 grid has room for 4 images, not 7"):  # not 4 shown and 3 silently dropped
+        show_images(to_float_images(xs), nrows=2, ncols=2)
 
 
 def test_atomic_write(tmp_path):

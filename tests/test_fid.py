@@ -111,6 +111,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"covariance \(d, d\)"): fid_from_stats(torch.zeros(3), torch.eye(2), torch.zeros(3), torch.eye(3))
     with pytest.raises(ValueError, match="subset_size"): kid_from_features(x, x, subset_size=9)
     with pytest.raises(ValueError, match="n_subsets"): kid_from_features(x, x, n_subsets=0)
+    with pytest.raises(ValueError, match="n_subsets=5 needs a subset_size"): kid_from_features(x, x, n_subsets=5)  # not silently ignored
     with pytest.raises(ValueError, match="28, 28"): fmnist_32(torch.zeros(2, 3, 28, 28))
     with pytest.raises(TypeError, match="tensor"): fmnist_32(np.zeros((2, 28, 28)))
     with pytest.raises(FileNotFoundError, match="no classifier weights"): fmnist_classifier(path='/nonexistent/clf.pt')

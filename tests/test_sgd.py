@@ -388,3 +388,20 @@ def test_torch_schedulers_keep_working(opt_cls, sched):
     opt2.load_state_dict(opt.state_dict())
     opt2.param_groups[0]['params'][0].grad = torch.ones(2)
     opt2.step()
+
+
+def test_recorder_follows_param_groups_replaced_by_a_checkpoint_load(tmp_path):
+    "Resuming from a checkpoint replaces the optimizer's param groups; RecorderCB must record the live ones, not the discarded dicts."
+    from miniai.learner import CheckpointCB, CancelFitException
+    class StopAtEpoch1(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1: raise CancelFitException()
+    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=6)
+    def make(extra):
+        return _learn([BatchSchedCB(sched), *extra], opt_func=partial(Adam, wd=0.01), dtype=torch.float64)
+    full = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    make([full]).fit(2)
+    make([CheckpointCB(tmp_path/'ck.pt'), StopAtEpoch1()]).fit(2)
+    resumed = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    make([CheckpointCB(tmp_path/'ck.pt'), resumed]).fit(2)
+    assert resumed.recs['lr'] == pytest.approx(full.recs['lr'][3:])   # the second epoch's three batches
