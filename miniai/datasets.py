@@ -293,7 +293,7 @@ def _table_source(ds):
     "(Arrow file, row offset, whole file?) when `ds`'s table is provably the rows of one Arrow file, unchanged; else None."
     from datasets.table import MemoryMappedTable
     t = ds.data
-    if type(t) is not MemoryMappedTable or not getattr(t, 'path', None): return None
+    if type(t) is not MemoryMappedTable or not getattr(t, 'path', None) or not Path(t.path).is_file(): return None
     off, sliced = 0, False
     for op, args, _ in t.replays or []:
         if op == 'slice': off, sliced = off + args[0], True  # nested slices add up
@@ -326,7 +326,8 @@ def _table_arrays(ds, x, y):
     ys = _labels(ds, y)
     xs, from_path = _decode_images(ds, x)
     if src is not None and whole and not from_path and os.access(arrow.parent, os.W_OK):  # the whole file: keep a copy
-        _save_npz(arrow, xs, ys, x, y, ds.features)
+        try: _save_npz(arrow, xs, ys, x, y, ds.features)
+        except OSError as e: warnings.warn(f"could not write the tensor cache beside {arrow} ({e}); the next call decodes again")
     return xs, ys
 
 def dataset_tensors(ds, x='image', y='label'):
