@@ -6,7 +6,7 @@ Docs: https://miniai-dev.github.io/miniai/datasets.html.md"""
 
 # %% ../nbs/05_datasets.ipynb #258e3fb2
 from __future__ import annotations
-import gzip, hashlib, io, lzma, math, os, shutil, tempfile, threading, warnings
+import gzip, hashlib, io, json, lzma, math, os, shutil, tempfile, threading, warnings
 from contextlib import contextmanager
 from importlib.resources import files
 from itertools import zip_longest
@@ -107,7 +107,8 @@ def dd_from_arrays(arrays):
         for k, (x, y) in arrays.items()})
 
 # %% ../nbs/05_datasets.ipynb #76c1c747
-_TENSORS = 'miniai_uint8.npz'
+_TENSORS = 'miniai_uint8.npz'   # the uint8 copy of an Arrow file `F.arrow` is `F.miniai_uint8.npz` beside it
+_NPZ_VERSION = 1
 
 def cache_dir():
     "Where miniai keeps prepared data: `$MINIAI_CACHE`, else `~/.cache/miniai`."
@@ -123,8 +124,25 @@ def _quiet_datasets():
     finally:
         if was_on: dlog.enable_progress_bar()
 
+def _npz_path(arrow):
+    "Where the uint8 copy of the Arrow file `arrow` lives: beside it, named after it."
+    return Path(arrow).with_name(f'{Path(arrow).stem}.{_TENSORS}')
+
+def _npz_meta(arrow, rows, x, y, features):
+    "What a uint8 copy was made from: the Arrow file (name, size, mtime), its row count, and the two columns with their features."
+    import datasets
+    st = Path(arrow).stat()
+    return dict(version=_NPZ_VERSION, arrow=Path(arrow).name, size=st.st_size, mtime_ns=st.st_mtime_ns, rows=int(rows), x=x, y=y,
+                features=datasets.Features({x: features[x], y: features[y]}).to_dict())
+
+def _save_npz(arrow, xs, ys, x, y, features):
+    "Write the uint8 copy of columns `x`, `y` of the whole Arrow file `arrow` beside it, atomically, with what it was made from."
+    meta = json.dumps(_npz_meta(arrow, len(ys), x, y, features), sort_keys=True)
+    atomic_write(_npz_path(arrow), lambda f: np.savez(f, images=xs, labels=ys, meta=np.array(meta)))
+    Path(arrow).with_name(_TENSORS).unlink(missing_ok=True)  # the one-per-folder copy of miniai <= 0.1, keyed on nothing
+
 def _write_cache(arrays, dest):
-    "Save `arrays` as a `DatasetDict` at `dest` (atomically, with uint8 copies beside each split); return it loaded."
+    "Save `arrays` as a `DatasetDict` at `dest` (atomically, with uint8 copies beside each split's Arrow file); return it loaded."
     import datasets
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +150,9 @@ def _write_cache(arrays, dest):
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         with _quiet_datasets(): dd_from_arrays(arrays).save_to_disk(str(tmp))
-        for k, (x, y) in arrays.items(): np.savez(tmp/k/_TENSORS, images=x, labels=y)
+        for k, (x, y) in arrays.items():
+            arrows = sorted((tmp/k).glob('*.arrow'))
+            if len(arrows) == 1: _save_npz(arrows[0], x, np.asarray(y, dtype=np.int64), 'image', 'label', fmnist_features())
         try: os.replace(tmp, dest)
         except OSError:  # another process finished first: keep theirs
             if not dest.exists(): raise
@@ -234,62 +254,115 @@ def _is_plain(ds):
     "True when `ds` is a `datasets.Dataset` with no transform or format set, so its rows are its stored values."
     return hasattr(ds, 'format') and ds.format.get('type') is None and hasattr(ds, 'data')
 
-def _decode_column(ds, col):
-    "All images of column `col` in `ds`'s table (ignoring any index mapping), as a uint8 array."
-    from PIL import Image
-    def load(v): return Image.open(io.BytesIO(v['bytes'])) if v.get('bytes') else Image.open(v['path'])
-    return np.stack([np.asarray(load(v)) for v in ds.data.column(col).to_pylist()])
+def _check_columns(ds, x, y):
+    "Raise a clear error unless `ds` has an image column `x` (decoded) and a label column `y`."
+    import datasets
+    for c in (x, y):
+        if c not in ds.features: raise ValueError(f"no column {c!r} in dataset; columns are {list(ds.features)}")
+    f = ds.features[x]
+    if not isinstance(f, datasets.Image): raise TypeError(f"column {x!r} must be an Image feature, got {f!r}")
+    if not f.decode: raise TypeError(f"column {x!r} is Image(decode=False): its rows are raw bytes, not images; cast it to Image() first")
 
-_ROW_KEEPING = {'replace_schema_metadata', 'cast', 'rename_columns', 'rename_column', 'select', 'drop',
-                'add_column', 'append_column', 'set_column', 'remove_column'}
+def _decode_images(ds, col):
+    "Every image of column `col` in `ds`'s table (ignoring any index mapping) decoded as its feature decodes it: a uint8 array (N,H,W[,C]), and whether any came from a file path."
+    feat, vals = ds.features[col], ds.data.column(col).to_pylist()
+    ims, from_path = [], False
+    for i, v in enumerate(vals):
+        if v is None: raise ValueError(f"row {i} of column {col!r} has no image")
+        from_path |= not v.get('bytes')
+        a = np.asarray(feat.decode_example(v))
+        if a.dtype != np.uint8: raise TypeError(f"row {i} of column {col!r} decodes to {a.dtype} pixels; dataset_tensors handles 8-bit images only")
+        if ims and a.shape != ims[0].shape:
+            raise ValueError(f"images of column {col!r} differ in shape: {ims[0].shape} in row 0, {a.shape} in row {i}; "
+                             "resize them to one size (e.g. with `map`) first")
+        ims.append(a)
+    return (np.stack(ims) if ims else np.zeros((0, 0, 0), np.uint8)), from_path
 
-def _row_window(table):
-    "(offset, slices?) of `table` in its Arrow file, from the operations `datasets` recorded; None if it can't tell."
+def _labels(ds, col):
+    "Column `col` of `ds`'s table as a numpy array (ints or floats), refusing missing values and non-numbers."
+    c = ds.data.column(col)
+    if c.null_count: raise ValueError(f"column {col!r} has {c.null_count} missing values")
+    a = np.asarray(c.to_numpy())
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_):
+        raise TypeError(f"column {col!r} holds {a.dtype} values; dataset_tensors needs numeric labels")
+    return a
+
+_SAME_ROWS = {'replace_schema_metadata', 'select', 'drop', 'remove_column'}  # table operations that keep every value of the columns left
+
+def _table_source(ds):
+    "(Arrow file, row offset, whole file?) when `ds`'s table is provably the rows of one Arrow file, unchanged; else None."
+    from datasets.table import MemoryMappedTable
+    t = ds.data
+    if type(t) is not MemoryMappedTable or not getattr(t, 'path', None) or not Path(t.path).is_file(): return None
     off, sliced = 0, False
-    for op, args, _ in getattr(table, 'replays', None) or []:
+    for op, args, _ in t.replays or []:
         if op == 'slice': off, sliced = off + args[0], True  # nested slices add up
-        elif op not in _ROW_KEEPING: return None
-    return off, sliced
+        elif op not in _SAME_ROWS: return None            # cast, rename, ...: decode rather than guess
+    return Path(t.path), off, not sliced
+
+def _read_npz(arrow, ds, x, y):
+    "The uint8 copy of columns `x`, `y` of the whole Arrow file `arrow`, if one exists and was made from exactly this file and these columns; else None."
+    npz = _npz_path(arrow)
+    if not npz.is_file(): return None
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            meta = json.loads(str(z['meta'])) if 'meta' in z.files else None
+            if meta != _npz_meta(arrow, meta.get('rows', -1) if meta else -1, x, y, ds.features): return None  # made from other data
+            xs, ys = z['images'], z['labels']
+        if xs.dtype != np.uint8 or len(xs) != meta['rows'] or ys.shape != (meta['rows'],):
+            raise ValueError(f"holds {xs.dtype} images {xs.shape} and labels {ys.shape} for {meta['rows']} rows")
+        return xs, ys
+    except Exception as e:
+        warnings.warn(f"ignoring unreadable tensor cache {npz} ({type(e).__name__}: {e}); decoding the images again and rewriting it")
+        return None
 
 def _table_arrays(ds, x, y):
-    "Images and labels of the rows of `ds`'s table, from the uint8 copy beside its Arrow file when there is one."
-    files = {Path(f['filename']).parent for f in ds.cache_files}
-    npz = files.pop()/_TENSORS if len(files) == 1 else None
-    n, win = ds.data.num_rows, _row_window(ds.data)
-    if npz is not None and win is not None and npz.is_file():
-        with np.load(npz) as z:
-            xs, ys = z['images'], z['labels']
-        if win[0] + n <= len(ys): return xs[win[0]:win[0]+n], ys[win[0]:win[0]+n]
-    xs, ys = _decode_column(ds, x), np.asarray(ds.data.column(y).to_numpy())
-    if npz is not None and win == (0, False) and os.access(npz.parent, os.W_OK):  # the whole file: keep a copy
-        atomic_write(npz, lambda f: np.savez(f, images=xs, labels=ys))
+    "Images and labels of the rows of `ds`'s table: from the uint8 copy of its Arrow file when that provably holds them, else decoded."
+    n, src = ds.data.num_rows, _table_source(ds)
+    if src is not None:
+        arrow, off, whole = src
+        cached = _read_npz(arrow, ds, x, y)
+        if cached is not None and off + n <= len(cached[1]): return cached[0][off:off+n], cached[1][off:off+n]
+    ys = _labels(ds, y)
+    xs, from_path = _decode_images(ds, x)
+    if src is not None and whole and not from_path and os.access(arrow.parent, os.W_OK):  # the whole file: keep a copy
+        try: _save_npz(arrow, xs, ys, x, y, ds.features)
+        except OSError as e: warnings.warn(f"could not write the tensor cache beside {arrow} ({e}); the next call decodes again")
     return xs, ys
 
 def dataset_tensors(ds, x='image', y='label'):
-    "Images as one uint8 tensor (N,H,W[,C]) and labels as int64 (N,) for a plain `datasets.Dataset`, decoded at most once."
+    "Images as one uint8 tensor (N,H,W[,C]) and labels (N,) (int64; float labels keep their dtype) of a plain `datasets.Dataset`, decoded at most once per Arrow file."
     if not _is_plain(ds): raise TypeError(f"dataset_tensors needs a plain datasets.Dataset (no transform or format); got {type(ds).__name__} "
                                           f"with format {getattr(ds, 'format', {}).get('type')!r}")
-    for c in (x, y):
-        if c not in ds.features: raise ValueError(f"no column {c!r} in dataset; columns are {list(ds.features)}")
+    _check_columns(ds, x, y)
     xs, ys = _table_arrays(ds, x, y)
-    if ds._indices is not None:  # a select/shuffle/split view: rows are an index mapping into the table
+    if ds._indices is not None:  # a select/shuffle/filter/sort/split view: rows are an index mapping into the table
         idx = ds._indices.column('indices').to_numpy()
         xs, ys = xs[idx], ys[idx]
-    return torch.from_numpy(np.require(xs, requirements=['C', 'W'])), torch.tensor(ys, dtype=torch.int64)
+    yt = torch.from_numpy(np.array(ys)) if np.issubdtype(ys.dtype, np.floating) else torch.from_numpy(ys.astype(np.int64))
+    return torch.from_numpy(np.require(xs, requirements=['C', 'W'])), yt
 
 # %% ../nbs/05_datasets.ipynb #50840368
 def to_float_images(x):
     "uint8 images (N,H,W) or (N,H,W,C) as float32 (N,C,H,W) in [0, 1], as `torchvision`'s `to_tensor` makes them."
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise TypeError(f"to_float_images takes a uint8 tensor (pixel values 0-255), got {getattr(x, 'dtype', type(x).__name__)}; "
+                        "images that are floats already need no conversion (pass tfm=None to TensorLoader)")
+    if x.ndim not in (3, 4): raise ValueError(f"to_float_images takes (N,H,W) or (N,H,W,C) images, got shape {tuple(x.shape)}")
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.float().div_(255)
 
 class TensorLoader:
-    "Minibatches of in-memory tensors `xs`, `ys`: one index operation per batch, no per-item Python."
-    def __init__(self, xs, ys, batch_size, shuffle=False, drop_last=False, generator=None, tfm=to_float_images, as_tuple=True, keys=('image', 'label')):
+    "Minibatches of in-memory tensors `xs`, `ys`: one index operation per batch, no per-item Python; `pin_memory` pins each batch when CUDA is available."
+    def __init__(self, xs, ys, batch_size, shuffle=False, drop_last=False, generator=None, tfm=to_float_images, as_tuple=True,
+                 keys=('image', 'label'), pin_memory=False):
         if len(xs) != len(ys): raise ValueError(f"xs and ys differ in length: {len(xs)} vs {len(ys)}")
         if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if pin_memory and not torch.cuda.is_available():  # what torch's DataLoader does too
+            warnings.warn("TensorLoader: pin_memory=True but no CUDA device is available, so batches are not pinned", stacklevel=2)
+            pin_memory = False
         self.xs, self.ys, self.batch_size, self.shuffle, self.drop_last = xs, ys, batch_size, shuffle, drop_last
-        self.generator, self.tfm, self.as_tuple, self.keys = generator, tfm, as_tuple, keys
+        self.generator, self.tfm, self.as_tuple, self.keys, self.pin_memory = generator, tfm, as_tuple, keys, pin_memory
 
     def __len__(self): return len(self.xs)//self.batch_size if self.drop_last else math.ceil(len(self.xs)/self.batch_size)
 
@@ -300,6 +373,7 @@ class TensorLoader:
             idx = sl if order is None else order[sl]
             xb, yb = self.xs[idx], self.ys[idx]
             if self.tfm is not None: xb = self.tfm(xb)
+            if self.pin_memory: xb, yb = xb.pin_memory(), yb.pin_memory()
             yield (xb, yb) if self.as_tuple else dict(zip(self.keys, (xb, yb)))
 
 # %% ../nbs/05_datasets.ipynb #e1ffc6a8
@@ -319,12 +393,27 @@ def collate_dict(ds):
 _FAST_KWARGS = {'drop_last', 'generator', 'num_workers', 'pin_memory', 'persistent_workers'}
 
 def _fast_ok(splits, kwargs):
-    "True when every split is a plain two-column image/label dataset and `kwargs` need nothing from torch's DataLoader."
+    "True when every split is a plain image/label dataset that `dataset_tensors` takes and `kwargs` need nothing from torch's DataLoader."
     import datasets
     def ok(ds):
         f = getattr(ds, 'features', None)
-        return _is_plain(ds) and f is not None and len(f) == 2 and isinstance(list(f.values())[0], datasets.Image)
+        if not (_is_plain(ds) and f is not None and len(f) == 2): return False
+        im, lb = f.values()
+        numeric = isinstance(lb, datasets.ClassLabel) or (isinstance(lb, datasets.Value) and
+                                                          (lb.dtype.startswith(('int', 'uint', 'float')) or lb.dtype == 'bool'))
+        return isinstance(im, datasets.Image) and im.decode and numeric
     return set(kwargs) <= _FAST_KWARGS and all(ok(ds) for ds in splits)
+
+def _worker_args(kwargs):
+    "Check `num_workers`/`persistent_workers` as torch's DataLoader would; warn (once per call site) that the tensor path runs without workers."
+    nw, pw = kwargs.get('num_workers', 0), kwargs.get('persistent_workers', False)
+    if isinstance(nw, bool) or not isinstance(nw, int) or nw < 0: raise ValueError(f"num_workers must be a non-negative int, got {nw!r}")
+    if pw and not nw: raise ValueError("persistent_workers=True needs num_workers > 0")
+    if nw:
+        warnings.warn(f"DataLoaders.from_dd: num_workers={nw} is not used. These splits load as whole uint8 tensors and each batch is "
+                      "one indexing operation in this process, so worker processes would only add start-up time. (To run a "
+                      "per-item transform in workers, give the splits one with `with_transform`: then torch DataLoaders are built.)",
+                      stacklevel=3)
 
 class DataLoaders:
     "A training and a validation data loader (the first two of `dls`)."
@@ -334,16 +423,21 @@ class DataLoaders:
 
     @classmethod
     def from_dd(cls, dd, batch_size, as_tuple=True, **kwargs):
-        "Loaders for the first two splits of `dd`: whole-split tensors when they are plain image datasets, else `get_dls`."
+        "Loaders for the first two splits of `dd`: whole-split tensors when they are plain image datasets, else `get_dls`; batches are tuples, or dicts when `as_tuple=False`."
         splits = list(dd.values())[:2]
         if len(splits) < 2: raise ValueError(f"from_dd needs a train and a valid split, got {list(dd)}")
         if _fast_ok(splits, kwargs):
+            _worker_args(kwargs)
             keys = tuple(splits[0].features)
             (xt, yt), (xv, yv) = (dataset_tensors(ds, *keys) for ds in splits)
-            kw = dict(as_tuple=as_tuple, keys=keys, drop_last=kwargs.get('drop_last', False))
+            kw = dict(as_tuple=as_tuple, keys=keys, drop_last=kwargs.get('drop_last', False), pin_memory=kwargs.get('pin_memory', False))
             return cls(TensorLoader(xt, yt, batch_size, shuffle=True, generator=kwargs.get('generator'), **kw),
                        TensorLoader(xv, yv, batch_size*2, **kw))
-        return cls(*get_dls(*splits, bs=batch_size, collate_fn=collate_dict(splits[0]), **kwargs))
+        collate = kwargs.pop('collate_fn', None)
+        if collate is not None and not as_tuple:
+            raise ValueError("as_tuple=False asks for dict batches, but collate_fn decides what a batch is; pass one or the other")
+        if collate is None: collate = collate_dict(splits[0]) if as_tuple else default_collate
+        return cls(*get_dls(*splits, bs=batch_size, collate_fn=collate, **kwargs))
 
 # %% ../nbs/05_datasets.ipynb #7a45b59f
 def _as_hwc(im):
@@ -378,6 +472,7 @@ def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
 def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kwargs):
     "A figure with a grid of at least `n` axes (the unused ones hidden) and an optional bold title."
     if n < 1: raise ValueError(f"get_grid needs n >= 1, got {n}")
+    if nrows and ncols and nrows*ncols < n: raise ValueError(f"a {nrows}x{ncols} grid has room for {nrows*ncols} images, not {n}")
     if nrows: ncols = ncols or math.ceil(n/nrows)
     elif ncols: nrows = math.ceil(n/ncols)
     else:
@@ -396,11 +491,13 @@ def show_images(ims, nrows=None, ncols=None, titles=None, **kwargs):
 
 # %% ../nbs/05_datasets.ipynb #8ef2f047
 def make_fmnist_sample(src, dest, n_train=1000, n_test=200):
-    "Write the first `n_train`/`n_test` images of each class from the IDX folder `src` as xz IDX files in `dest`."
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    "Write the first `n_train`/`n_test` images of each class from the IDX folder `src` as xz IDX files in `dest` (all four compressed before any is replaced)."
+    dest = Path(dest)
+    out = {}
     for split, n in (('train', n_train), ('test', n_test)):
         x, y = read_fmnist_split(src, split)
         keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in range(len(FMNIST_CLASSES))]))
         for stem, a in zip(_FMNIST_FILES[split], (x[keep], y[keep])):
             hdr = bytes([0, 0, _IDX_UBYTE, a.ndim]) + b''.join(int(s).to_bytes(4, 'big') for s in a.shape)
-            (dest/f'{stem}.xz').write_bytes(lzma.compress(hdr + a.tobytes(), preset=9 | lzma.PRESET_EXTREME))
+            out[dest/f'{stem}.xz'] = lzma.compress(hdr + a.tobytes(), preset=9 | lzma.PRESET_EXTREME)
+    for f, data in out.items(): atomic_write(f, data)

@@ -9,7 +9,7 @@ __all__ = ['FMNIST_CLASSIFIER', 'feature_stats', 'trace_sqrt_product', 'fid_from
            'fmnist_32', 'fmnist_classifier_model', 'fmnist_classifier', 'ImageEval']
 
 # %% ../nbs/18_fid.ipynb #8ca8b0ad
-import math
+import math, warnings
 from pathlib import Path
 from importlib.resources import files
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .resnet import ResBlock, act_gr
-from .learner import TrainLearner
+from .learner import Callback, TrainLearner
 from .augment import capture_preds
 from .datasets import DataLoaders
 
@@ -80,7 +80,9 @@ def kid_from_features(f1, f2, n_subsets=1, subset_size=None, generator=None):
     x, y = _as_feats(f1, 'f1'), _as_feats(f2, 'f2')
     if x.shape[1] != y.shape[1]: raise ValueError(f"f1 and f2 have different feature sizes: {x.shape[1]} and {y.shape[1]}")
     if int(n_subsets) != n_subsets or n_subsets < 1: raise ValueError(f"n_subsets must be a positive integer, got {n_subsets}")
-    if subset_size is None: return float(_mmd2_poly(x, y))
+    if subset_size is None:
+        if n_subsets != 1: raise ValueError(f"n_subsets={n_subsets} needs a subset_size (without one, KID uses all the features once)")
+        return float(_mmd2_poly(x, y))
     if int(subset_size) != subset_size or not 2 <= subset_size <= min(len(x), len(y)):
         raise ValueError(f"subset_size must be an integer in [2, {min(len(x), len(y))}], got {subset_size}")
     vals = [_mmd2_poly(x[torch.randperm(len(x), generator=generator)[:int(subset_size)]],
@@ -91,11 +93,19 @@ def kid_from_features(f1, f2, n_subsets=1, subset_size=None, generator=None):
 FMNIST_CLASSIFIER = Path(str(files('miniai'))) / 'data' / 'fmnist_classifier.pt'
 
 def fmnist_32(x):
-    "Fashion-MNIST images as the classifier and the diffusion lessons use them: uint8 (N,28,28) or floats in [0,1] (N,[1,]28,28) -> (N,1,32,32) floats in [-1,1], padded with black."
+    "Fashion-MNIST images as the classifier and the diffusion lessons use them: uint8 (N,28,28) (any integer type, 0-255) or floats in [0,1] (N,[1,]28,28) -> (N,1,32,32) float32 in [-1,1], padded with black."
     if not isinstance(x, torch.Tensor): raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex(): raise TypeError(f"x must hold pixel values (uint8 0-255 or floats in [0, 1]), got {x.dtype}")
     if x.ndim == 3: x = x[:, None]
-    if x.ndim != 4 or x.shape[1] != 1: raise ValueError(f"x must be (N, 28, 28) or (N, 1, 28, 28), got {tuple(x.shape)}")
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if x.ndim != 4 or x.shape[1:] != (1, 28, 28): raise ValueError(f"x must be (N, 28, 28) or (N, 1, 28, 28), got {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x).all(): raise ValueError("x contains NaN or infinite values")
+    if x.numel():
+        lo, hi = x.min().item(), x.max().item()
+        if x.is_floating_point() and (lo < -1e-3 or hi > 1 + 1e-3):
+            raise ValueError(f"float images must be in [0, 1], got values from {lo:.4g} to {hi:.4g}: divide 0-255 images by 255, "
+                             "map [-1, 1] images with (x + 1) / 2")
+        if not x.is_floating_point() and (lo < 0 or hi > 255): raise ValueError(f"integer images must be 0-255, got values from {lo} to {hi}")
+    x = x.float() if x.is_floating_point() else x.float() / 255
     return torch.nn.functional.pad(x, (2, 2, 2, 2)) * 2 - 1   # (N, 1, 32, 32)
 
 def fmnist_classifier_model(nfs=(8, 16, 32, 64, 128, 128), n_out=10):
@@ -123,23 +133,96 @@ def _no_loss(preds, *args):
     "A zero loss: `ImageEval` only runs the model forward."
     return preds.new_zeros(())
 
+_RANGE_TOL = 0.1   # samples may overshoot the real images' value range by this fraction of it (unclamped samplers do)
+_MIN_SPAN = 0.6    # ... and must cover at least this fraction of it (else they are probably scaled differently)
+
+class _InputStats(Callback):
+    "Record the shape (C,H,W), dtype and value range of the images each batch brings, before any other callback changes them."
+    order = -1000
+    def before_fit(self, learn): self.shapes, self.dtypes, self.lo, self.hi = set(), set(), math.inf, -math.inf
+    def before_batch(self, learn):
+        x = learn.batch[0] if isinstance(learn.batch, (tuple, list)) and len(learn.batch) else None
+        if not isinstance(x, torch.Tensor) or x.ndim < 2: self.shapes.add(None); return
+        self.shapes.add(tuple(x.shape[1:])); self.dtypes.add(x.dtype)
+        if x.numel() and x.dtype != torch.bool:
+            self.lo, self.hi = min(self.lo, x.min().item()), max(self.hi, x.max().item())
+
 class ImageEval:
-    "FID and KID of images against the real images of `dls.valid`, on the features of `model` (course lesson 18); real features and their statistics are computed once."
-    def __init__(self, model, dls, cbs=None):
+    "FID and KID of images against the real images of `dls.valid`, on the features of `model` (course lesson 18); samples are checked against what the real images looked like (shape, dtype, value range)."
+    def __init__(self, model, dls, cbs=None, min_samples=None, check_range=True):
         if not callable(model): raise TypeError(f"model must be callable (a feature extractor), got {type(model).__name__}")
+        if min_samples is not None and (isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 2):
+            raise ValueError(f"min_samples must be an int >= 2 (or None: 10 per feature), got {min_samples!r}")
         self.learn = TrainLearner(model, dls, loss_func=_no_loss, cbs=cbs, opt_func=None)
-        self.feats = self._capture()
+        self.check_range, self._min_samples = check_range, min_samples
+        self._real()
+
+    def _real(self):
+        "Features and statistics of the real images, and what the images looked like (`real_shape`, `real_dtype`, `real_range`)."
+        st = _InputStats()
+        self.feats = self._capture([st])
         self.stats = feature_stats(self.feats)
+        self.real_shape = next(iter(st.shapes)) if len(st.shapes) == 1 else None
+        self.real_dtype = next(iter(st.dtypes)) if len(st.dtypes) == 1 else None
+        self.real_range = (st.lo, st.hi) if st.lo <= st.hi and math.isfinite(st.hi - st.lo) else None
+        self.min_samples = self._min_samples or 10 * self.feats.shape[1]
+        self._key = self._model_key()
+        if len(self.feats) < self.min_samples:
+            warnings.warn(f"ImageEval: the real statistics come from only {len(self.feats)} images; with {self.feats.shape[1]} features, "
+                          f"FID needs at least {self.min_samples} on each side to be near its limit (pass more real images)", stacklevel=3)
 
-    def _capture(self):
-        "Features of every batch of `learn.dls.valid`, (n, d) float32 on the CPU."
-        feats, _ = capture_preds(self.learn)
-        return feats.float().reshape(len(feats), -1)
+    def _capture(self, cbs=None):
+        "Features of every batch of `learn.dls.valid`, (n, d) float32 (float64 if the model makes float64) on the CPU."
+        feats, _ = capture_preds(self.learn, cbs=cbs)
+        feats = feats.reshape(len(feats), -1)
+        return feats if feats.dtype in (torch.float32, torch.float64) else feats.float()
 
-    def get_feats(self, samp, bs=256):
-        "Features (n, d) of images `samp` (n, C, H, W), run in batches of `bs` on the model's device."
+    def _model_key(self):
+        "Identity and in-place version of every parameter and buffer: changes when the model is trained or its weights are loaded."
+        m = self.learn.model
+        return [(id(t), t._version) for t in (*m.parameters(), *m.buffers())] if isinstance(m, nn.Module) else None
+
+    def _hint(self):
+        "How to make samples right when the real images look like `fmnist_32`'s."
+        if self.real_shape == (1, 32, 32) and self.real_range is not None and self.real_range[0] < -0.5:
+            return (" (for the shipped Fashion-MNIST classifier use fmnist_32: it makes (N, 1, 32, 32) floats in [-1, 1] "
+                    "from uint8 (N, 28, 28) or [0, 1] images)")
+        return ""
+
+    def _check_samples(self, samp):
+        "`samp` checked against the real images (4-d, same C,H,W, a compatible dtype, a similar value range), floats cast to the real dtype."
         if not isinstance(samp, torch.Tensor) or samp.ndim != 4: raise ValueError(f"samples must be a (n, C, H, W) tensor, got {getattr(samp, 'shape', type(samp).__name__)}")
         if len(samp) < 2: raise ValueError(f"need at least 2 samples, got {len(samp)}")
+        rs, rd, hint = self.real_shape, self.real_dtype, self._hint()
+        if rs is not None and tuple(samp.shape[1:]) != rs:
+            raise ValueError(f"samples are {tuple(samp.shape[1:])} (C, H, W) images, but the real images the features were computed "
+                             f"from are {rs}: give the samples the same channels and size{hint}")
+        if rd is not None:
+            if rd.is_floating_point and not samp.is_floating_point():
+                raise ValueError(f"samples are {samp.dtype}, but the real images are {rd}: convert the samples the way the real images were made{hint}")
+            if not rd.is_floating_point and samp.dtype != rd: raise ValueError(f"samples are {samp.dtype}, but the real images are {rd}")
+            if samp.dtype != rd: samp = samp.to(rd)   # e.g. float64 samples for a float32 model
+        if samp.is_floating_point() and not torch.isfinite(samp).all(): raise ValueError("samples contain NaN or infinite values")
+        if self.check_range and self.real_range is not None and self.real_range[1] > self.real_range[0]:
+            (rlo, rhi), (lo, hi) = self.real_range, (samp.min().item(), samp.max().item())
+            span = rhi - rlo
+            if lo < rlo - _RANGE_TOL * span or hi > rhi + _RANGE_TOL * span:
+                raise ValueError(f"sample values run from {lo:.4g} to {hi:.4g}, outside the real images' range [{rlo:.4g}, {rhi:.4g}] "
+                                 f"(by more than {_RANGE_TOL:.0%} of it): clamp the samples to it, or scale them as the real images were{hint}")
+            if hi - lo < _MIN_SPAN * span:
+                raise ValueError(f"sample values only run from {lo:.4g} to {hi:.4g}, {(hi - lo) / span:.0%} of the real images' range "
+                                 f"[{rlo:.4g}, {rhi:.4g}]: are they scaled differently (e.g. [0, 1] instead of [-1, 1])?{hint} "
+                                 "If the samples really look like that, pass check_range=False to ImageEval")
+        return samp
+
+    def get_feats(self, samp, bs=256):
+        "Features (n, d) of images `samp` (n, C, H, W), checked against the real images, run in batches of `bs` on the model's device."
+        samp = self._check_samples(samp)
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"bs must be a positive int, got {bs!r}")
+        if self._model_key() != self._key:
+            warnings.warn("ImageEval: the feature model's weights changed since the real images' features were computed; recomputing them",
+                          stacklevel=3)
+            self._real()
         p = next(iter(self.learn.model.parameters()), None)
         dev = p.device if p is not None else samp.device
         batches = [(samp[i:i + bs].to(dev), torch.zeros(len(samp[i:i + bs]), device=dev)) for i in range(0, len(samp), bs)]
@@ -148,9 +231,14 @@ class ImageEval:
         finally: self.learn.dls = old
 
     def fid(self, samp):
-        "FID between `samp` and the real images."
-        return fid_from_stats(*feature_stats(self.get_feats(samp)), *self.stats)
+        "FID between `samp` and the real images; warns below `min_samples` samples, where FID's upward bias is large."
+        f = self.get_feats(samp)
+        if len(f) < self.min_samples:
+            warnings.warn(f"ImageEval.fid: {len(f)} samples give an FID biased upward (the bias shrinks roughly like 1/n); with "
+                          f"{f.shape[1]} features use at least {self.min_samples} samples (10 per feature), and compare only FIDs made "
+                          "from equal numbers of samples. KID (.kid) is unbiased at any n.", stacklevel=2)
+        return fid_from_stats(*feature_stats(f), *self.stats)
 
     def kid(self, samp):
-        "KID between `samp` and the real images."
+        "KID between `samp` and the real images (unbiased, so fine for small sample sets)."
         return kid_from_features(self.feats, self.get_feats(samp))

@@ -18,19 +18,24 @@ from .learner import Callback
 
 # %% ../nbs/12_accel_sgd.ipynb #7b359407
 def _check_hyper(name, v, lo=0., hi=None, lo_open=False):
-    "Raise a clear error when hyperparameter `name`=`v` is not a real number in [lo, hi)."
+    "Raise a clear error when hyperparameter `name`=`v` is not a finite real number in [lo, hi)."
     if isinstance(v, torch.Tensor):
         if v.numel() != 1: raise TypeError(f"{name} must be a number or a one-element tensor, got shape {tuple(v.shape)}")
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, Real): raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    if math.isnan(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'})"
         raise ValueError(f"{name} must be in {rng}, got {v}")
+
+# keys torch's lr schedulers keep in the param groups for their own bookkeeping (OneCycleLR, CyclicLR, SWALR, every LRScheduler)
+_SCHED_KEYS = frozenset({'initial_lr', 'max_lr', 'min_lr', 'base_momentum', 'max_momentum', 'swa_lr'})
 
 # %% ../nbs/12_accel_sgd.ipynb #71de8c19
 class SGD(optim.Optimizer):
     "SGD from scratch: `p -= lr*(grad + wd*p)`, the same steps as `torch.optim.SGD(lr=lr, weight_decay=wd)`."
     decouple_wd = False   # True: weight decay is `p *= 1 - lr*wd` in `reg_step`; False: `wd*p` joins the gradient
+    _limits = {'lr': (0., None, False), 'weight_decay': (0., None, False)}  # stored name: (lo, hi, lo_open), checked in every group
+    _aliases = {'wd': 'weight_decay'}                                      # constructor name: stored name, accepted in groups
     def __init__(self, params, lr, wd=0.): self._setup(params, lr, wd)
 
     def _setup(self, params, lr, wd, **hypers):
@@ -38,12 +43,43 @@ class SGD(optim.Optimizer):
         _check_hyper('lr', lr); _check_hyper('wd', wd)
         optim.Optimizer.__init__(self, params, dict(lr=lr, weight_decay=wd, **hypers))
 
+    def _rename(self, group, where):
+        "`group` with miniai's constructor names (`wd`, `mom`, ...) moved onto the names the optimizer stores."
+        for alias, name in self._aliases.items():
+            if alias not in group or '[' in name: continue
+            if name in group: raise ValueError(f"{where}: both {alias!r} and {name!r} given ({alias!r} is the constructor's name for {name!r}); pass one")
+            group[name] = group.pop(alias)
+        return group
+
+    def _check_group(self, group, where):
+        "Raise a ValueError naming `where` and the key for a key this optimizer would ignore or a value out of its range."
+        unknown = set(group) - {'params'} - set(self._limits) - _SCHED_KEYS
+        if unknown:
+            als = ', '.join(f'{a} for {n}' for a, n in self._aliases.items())
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}, which {type(self).__name__} would silently ignore. It uses "
+                             f"{', '.join(self._limits)} (a new group may say {als}); torch's schedulers may add {', '.join(sorted(_SCHED_KEYS))}")
+        for k, (lo, hi, lo_open) in self._limits.items():
+            if k not in group: continue
+            if k != 'betas': _check_hyper(f"{where}: {k}", group[k], lo, hi, lo_open); continue
+            v = group[k]
+            if not isinstance(v, (tuple, list)) or len(v) != 2: raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {v!r}")
+            for nm, b in zip(('beta1', 'beta2'), v): _check_hyper(f"{where}: betas ({nm})", b, lo, hi, lo_open)
+
+    def add_param_group(self, param_group):
+        "Add a param group as torch does, after mapping miniai's names onto torch's and refusing unknown keys and bad values."
+        if not isinstance(param_group, dict): raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        where = f"{type(self).__name__} param group {len(self.param_groups)}"
+        group = self._rename(dict(param_group), where)
+        self._check_group({**self.defaults, **group}, where)
+        super().add_param_group(group)
+
     @torch.no_grad()
     def step(self, closure=None):
-        "Update every parameter that has a gradient; `closure` (optional) recomputes and returns the loss."
+        "Update every parameter that has a gradient (after checking each group's hyperparameters); `closure` (optional) recomputes and returns the loss."
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
+        for i, hp in enumerate(self.param_groups): self._check_group(hp, f"{type(self).__name__} param group {i}")
         for hp in self.param_groups:
             for p in hp['params']:
                 if p.grad is None: continue
@@ -70,6 +106,8 @@ class Momentum(SGD):
     (`buf = mom*buf + grad`, starting at the first gradient, so its steps are about 1/(1-mom) times
     larger) and adds `wd*p` to the gradient; here weight decay multiplies the weights by `1 - lr*wd`."""
     decouple_wd = True
+    _limits = {**SGD._limits, 'momentum': (0., 1., False)}
+    _aliases = {**SGD._aliases, 'mom': 'momentum'}
     def __init__(self, params, lr, wd=0., mom=0.9):
         _check_hyper('mom', mom, 0., 1.)
         self._setup(params, lr, wd, momentum=mom)
@@ -89,6 +127,7 @@ class RMSProp(SGD):
     at 0 (so its first steps are up to 1/sqrt(1-sqr_mom) times larger) and adds `wd*p` to the gradient;
     here weight decay is decoupled, `p *= 1 - lr*wd`."""
     decouple_wd = True
+    _limits = {**SGD._limits, 'sqr_mom': (0., 1., False), 'eps': (0., None, True)}
     def __init__(self, params, lr, wd=0., sqr_mom=0.99, eps=1e-5):
         _check_hyper('sqr_mom', sqr_mom, 0., 1.); _check_hyper('eps', eps, lo_open=True)
         self._setup(params, lr, wd, sqr_mom=sqr_mom, eps=eps)
@@ -105,9 +144,19 @@ class RMSProp(SGD):
 class Adam(SGD):
     "Adam with decoupled weight decay (AdamW, Loshchilov & Hutter 2019): the same steps as `torch.optim.AdamW(betas=(beta1, beta2), eps=eps, weight_decay=wd)`."
     decouple_wd = True
+    _limits = {**SGD._limits, 'betas': (0., 1., False), 'eps': (0., None, True)}
+    _aliases = {**SGD._aliases, 'beta1': 'betas[0]', 'beta2': 'betas[1]'}
     def __init__(self, params, lr, wd=0., beta1=0.9, beta2=0.99, eps=1e-5):
         _check_hyper('beta1', beta1, 0., 1.); _check_hyper('beta2', beta2, 0., 1.); _check_hyper('eps', eps, lo_open=True)
         self._setup(params, lr, wd, betas=(beta1, beta2), eps=eps)
+
+    def _rename(self, group, where):
+        "`group` with `beta1`/`beta2` folded into `betas` (the other one from the defaults), then `wd` renamed."
+        if 'beta1' in group or 'beta2' in group:
+            if 'betas' in group: raise ValueError(f"{where}: both 'betas' and 'beta1'/'beta2' given; pass one")
+            b1, b2 = self.defaults['betas']
+            group['betas'] = (group.pop('beta1', b1), group.pop('beta2', b2))
+        return super()._rename(group, where)
 
     def opt_step(self, p, hp, state):
         "Update both moving averages, correct their bias and step."
@@ -158,7 +207,12 @@ class RecorderCB(Callback):
 
     def before_fit(self, learn):
         self.recs = {k: [] for k in self.getters}
-        self.learn, self.pg = learn, learn.opt.param_groups[0]
+        self.learn = learn
+
+    @property
+    def pg(self):
+        "The optimizer's first param group, looked up each time: loading a checkpoint (`load_state_dict`) replaces the group dicts."
+        return self.learn.opt.param_groups[0]
 
     def after_batch(self, learn):
         if not learn.training: return

@@ -239,7 +239,7 @@ def test_dataset_tensors_matches_items(sample_dd):
 
 def test_contiguous_select_keeps_the_full_copy(sample_dd):
     full = sample_dd['train']
-    npz = Path(full.cache_files[0]['filename']).parent/mds._TENSORS
+    npz = mds._npz_path(full.data.path)
     part = full.select(range(100, 400))  # datasets slices the table here instead of mapping indices
     assert part._indices is None and part.data.num_rows == 300
     xs, ys = dataset_tensors(part)
@@ -326,6 +326,8 @@ def test_show_images_headless(sample_dd):
     visible = [ax for ax in fig.axes if ax.get_images()]
     assert len(visible) == 7 and visible[0].get_title() == str(int(ys[0]))
     with pytest.raises(ValueError, match="n >= 1"): mds.get_grid(0)
+    with pytest.raises(ValueError, match="a 2x2 grid has room for 4 images, not 7"):  # not 4 shown and 3 silently dropped
+        show_images(to_float_images(xs), nrows=2, ncols=2)
 
 
 def test_atomic_write(tmp_path):
@@ -342,3 +344,182 @@ def test_atomic_write(tmp_path):
     with pytest.raises(RuntimeError, match='crash mid-write'): mds.atomic_write(tmp_path/'a'/'f.txt', boom)
     assert (tmp_path/'a'/'f.txt').read_bytes() == b'new'  # the old file survives a failed write
     assert [p.name for p in (tmp_path/'a').iterdir()] == ['f.txt']  # and no temp file is left behind
+
+
+# --- the tensor cache never serves data that differs from the dataset ------------------------------------------
+
+def _decoded(ds, x='image', y='label'):
+    "Images and labels of `ds` read row by row through `datasets` itself: the reference."
+    rows = list(ds)
+    return np.stack([np.asarray(r[x]) for r in rows]), np.array([r[y] for r in rows])
+
+
+def _npz_of(ds):
+    "The one uint8 copy beside `ds`'s Arrow file (found by looking, not through miniai's naming)."
+    (npz,) = Path(ds.data.path).parent.glob('*.npz')
+    return npz
+
+
+@pytest.fixture
+def disk_ds(tmp_path):
+    "A 60-row Fashion-MNIST-like split saved to disk and loaded back, with its uint8 copy already written."
+    import datasets
+    rng = np.random.default_rng(11)
+    arrays = {'train': (rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), rng.integers(0, 10, 60))}
+    mds.dd_from_arrays(arrays)['train'].save_to_disk(str(tmp_path/'ds'))
+    ds = datasets.load_from_disk(str(tmp_path/'ds'))
+    dataset_tensors(ds)
+    assert _npz_of(ds).is_file()
+    return ds
+
+
+def _ops():
+    import datasets
+    feats = lambda dtype: datasets.Features({'image': datasets.Image(), 'label': datasets.Value(dtype)})
+    return {
+        'map labels': lambda ds: ds.map(lambda b: {'label': [(l + 3) % 10 for l in b['label']]}, batched=True),
+        'map images': lambda ds: ds.map(lambda b: {'image': [im.transpose(0) for im in b['image']]}, batched=True),
+        'map keep_in_memory': lambda ds: ds.map(lambda b: {'label': [9 - l for l in b['label']]}, batched=True, keep_in_memory=True),
+        'cast': lambda ds: ds.cast(feats('int32')),
+        'cast_column RGB': lambda ds: ds.cast_column('image', datasets.Image(mode='RGB')),
+        'filter': lambda ds: ds.filter(lambda b: [l % 2 == 0 for l in b['label']], batched=True),
+        'sort': lambda ds: ds.sort('label'),
+        'shuffle': lambda ds: ds.shuffle(seed=1),
+        'select': lambda ds: ds.select([5, 3, 59, 0]),
+        'select contiguous': lambda ds: ds.select(range(7, 30)),
+        'train_test_split': lambda ds: ds.train_test_split(0.25, seed=2)['test'],
+        'with_format and back': lambda ds: ds.with_format('torch').with_format(None),
+        'flatten_indices': lambda ds: ds.shuffle(seed=3).flatten_indices(),
+        'replace a column': lambda ds: ds.remove_columns('label').add_column('label', [i % 10 for i in range(len(ds))]),
+        'concatenate': lambda ds: datasets.concatenate_datasets([ds.select(range(10, 20)), ds.select(range(5))]),
+        'rename twice': lambda ds: ds.rename_column('label', 'l').rename_column('l', 'label'),
+    }
+
+
+@pytest.mark.parametrize('op', list(_ops()))
+def test_tensors_follow_datasets_operations(disk_ds, op):
+    ds = _ops()[op](disk_ds)
+    xs, ys = dataset_tensors(ds)
+    rx, ry = _decoded(ds)
+    assert xs.shape == rx.shape and (xs.numpy() == rx).all(), op
+    assert ys.tolist() == ry.tolist() and ys.dtype == torch.int64, op
+
+
+def test_from_dd_after_map_serves_the_mapped_data(disk_ds):
+    "The course's pattern: transform a DatasetDict with map, then build loaders; they must see the mapped labels."
+    import datasets
+    dd = datasets.DatasetDict({'train': disk_ds, 'test': disk_ds.select(range(20))})
+    mapped = dd.map(lambda b: {'label': [(l + 1) % 10 for l in b['label']]}, batched=True)
+    dls = DataLoaders.from_dd(mapped, 8)
+    ys = torch.cat([yb for _, yb in dls.valid])
+    assert ys.tolist() == mapped['test']['label'] != dd['test']['label']
+
+
+def test_truncated_npz_is_rebuilt_with_a_warning(disk_ds):
+    npz = _npz_of(disk_ds)
+    good = npz.read_bytes()
+    npz.write_bytes(good[:len(good)//2])
+    with pytest.warns(UserWarning, match='unreadable tensor cache'):
+        xs, ys = dataset_tensors(disk_ds)
+    rx, ry = _decoded(disk_ds)
+    assert (xs.numpy() == rx).all() and ys.tolist() == ry.tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        dataset_tensors(disk_ds)  # rebuilt: read quietly now
+    assert np.load(npz)['labels'].tolist() == ry.tolist()
+
+
+def test_npz_of_other_data_is_not_used(disk_ds, tmp_path):
+    "A copy made from another Arrow file (here: another split's, copied over) is ignored, not served."
+    import datasets
+    rng = np.random.default_rng(12)
+    mds.dd_from_arrays({'t': (rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), rng.integers(0, 10, 60))})['t'].save_to_disk(str(tmp_path/'other'))
+    other = datasets.load_from_disk(str(tmp_path/'other'))
+    dataset_tensors(other)
+    _npz_of(disk_ds).write_bytes(_npz_of(other).read_bytes())
+    xs, ys = dataset_tensors(disk_ds)
+    rx, ry = _decoded(disk_ds)
+    assert (xs.numpy() == rx).all() and ys.tolist() == ry.tolist()
+
+
+def test_float_labels_keep_their_values():
+    import datasets
+    feats = datasets.Features({'image': datasets.Image(), 'label': datasets.Value('float32')})
+    ims = [{'bytes': mds._png(np.full((4, 4), i, np.uint8)), 'path': None} for i in range(3)]
+    ds = datasets.Dataset.from_dict({'image': ims, 'label': [0.5, 1.25, -2.0]}, features=feats)
+    _, ys = dataset_tensors(ds)
+    assert ys.dtype == torch.float32 and ys.tolist() == [0.5, 1.25, -2.0]
+
+
+def test_dataset_tensors_refuses_what_it_cannot_represent():
+    import datasets
+    png = lambda a: {'bytes': mds._png(a), 'path': None}
+    two = datasets.Dataset.from_dict({'image': [png(np.zeros((4, 4), np.uint8)), png(np.zeros((5, 4), np.uint8))], 'label': [0, 1]},
+                                     features=datasets.Features({'image': datasets.Image(), 'label': datasets.Value('int64')}))
+    with pytest.raises(ValueError, match=r"differ in shape: \(4, 4\) in row 0, \(5, 4\) in row 1"): dataset_tensors(two)
+    with pytest.raises(TypeError, match="decode=False"): dataset_tensors(two.cast_column('image', datasets.Image(decode=False)))
+    with pytest.raises(TypeError, match="'label' holds object values; dataset_tensors needs numeric labels"):
+        dataset_tensors(two.cast_column('label', datasets.Value('string')))
+
+
+def test_to_float_images_refuses_floats():
+    with pytest.raises(TypeError, match="uint8"): to_float_images(torch.rand(2, 5, 5))
+    with pytest.raises(TypeError, match="uint8"): TensorLoader(torch.rand(4, 5, 5), torch.zeros(4), 2).__iter__().__next__()
+
+
+def test_from_dd_num_workers_warns_and_stays_fast(sample_dd):
+    small = {'train': sample_dd['train'].select(range(64)), 'test': sample_dd['test'].select(range(32))}
+    with pytest.warns(UserWarning, match=r"num_workers=4 is not used.*whole uint8 tensors"):
+        dls = DataLoaders.from_dd(small, 16, num_workers=4, persistent_workers=True)
+    assert isinstance(dls.train, TensorLoader) and isinstance(dls.valid, TensorLoader)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        DataLoaders.from_dd(small, 16, num_workers=0)  # nothing ignored: no warning
+    with pytest.raises(ValueError, match="num_workers must be a non-negative int"): DataLoaders.from_dd(small, 16, num_workers=-1)
+    with pytest.raises(ValueError, match="persistent_workers=True needs num_workers > 0"):
+        DataLoaders.from_dd(small, 16, persistent_workers=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA warning")
+def test_pin_memory_without_cuda_warns(sample_dd):
+    small = {'train': sample_dd['train'].select(range(64)), 'test': sample_dd['test'].select(range(32))}
+    with pytest.warns(UserWarning, match="pin_memory=True but no CUDA device"):
+        dls = DataLoaders.from_dd(small, 16, pin_memory=True)
+    assert not dls.train.pin_memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pin_memory_with_cuda(sample_dd):
+    small = {'train': sample_dd['train'].select(range(64)), 'test': sample_dd['test'].select(range(32))}
+    xb, yb = next(iter(DataLoaders.from_dd(small, 16, pin_memory=True).train))
+    assert xb.is_pinned() and yb.is_pinned()
+
+
+def test_from_dd_as_tuple_and_collate_fn_on_the_torch_path(sample_dd):
+    @inplace
+    def transformi(b): b['image'] = [TF.to_tensor(o) for o in b['image']]
+    small = {k: sample_dd[k].select(range(40)).with_transform(transformi) for k in ('train', 'test')}
+    b = next(iter(DataLoaders.from_dd(small, 8, as_tuple=False).valid))
+    assert isinstance(b, dict) and b['image'].shape == (16, 1, 28, 28) and b['label'].shape == (16,)
+    seen = []
+    def collate(rows):
+        seen.append(len(rows))
+        return collate_dict(small['train'])(rows)
+    xb, yb = next(iter(DataLoaders.from_dd(small, 8, collate_fn=collate).train))
+    assert seen == [8] and xb.shape == (8, 1, 28, 28)
+    with pytest.raises(ValueError, match="as_tuple=False asks for dict batches"): DataLoaders.from_dd(small, 8, as_tuple=False, collate_fn=collate)
+
+
+def test_make_fmnist_sample_is_all_or_nothing(tmp_path, monkeypatch):
+    write_fmnist(tmp_path/'src', n_train=40, n_test=20)
+    mds.make_fmnist_sample(tmp_path/'src', tmp_path/'sample', n_train=2, n_test=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path/'sample').iterdir()}
+    calls = []
+    real = lzma.compress
+    def flaky(data, **kw):
+        calls.append(1)
+        if len(calls) == 3: raise MemoryError('interrupted')
+        return real(data, **kw)
+    monkeypatch.setattr(lzma, 'compress', flaky)
+    with pytest.raises(MemoryError): mds.make_fmnist_sample(tmp_path/'src', tmp_path/'sample', n_train=3, n_test=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path/'sample').iterdir()} == before  # no mix of old and new files

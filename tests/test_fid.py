@@ -1,5 +1,5 @@
 """miniai.fid: Fréchet distance against scipy.linalg.sqrtm, KID against the formula written with loops, ImageEval, the shipped classifier."""
-import warnings
+import math, warnings
 
 import numpy as np
 import pytest
@@ -111,6 +111,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"covariance \(d, d\)"): fid_from_stats(torch.zeros(3), torch.eye(2), torch.zeros(3), torch.eye(3))
     with pytest.raises(ValueError, match="subset_size"): kid_from_features(x, x, subset_size=9)
     with pytest.raises(ValueError, match="n_subsets"): kid_from_features(x, x, n_subsets=0)
+    with pytest.raises(ValueError, match="n_subsets=5 needs a subset_size"): kid_from_features(x, x, n_subsets=5)  # not silently ignored
     with pytest.raises(ValueError, match="28, 28"): fmnist_32(torch.zeros(2, 3, 28, 28))
     with pytest.raises(TypeError, match="tensor"): fmnist_32(np.zeros((2, 28, 28)))
     with pytest.raises(FileNotFoundError, match="no classifier weights"): fmnist_classifier(path='/nonexistent/clf.pt')
@@ -125,14 +126,17 @@ def test_fmnist_32():
     torch.testing.assert_close(fmnist_32(x.float() / 255), y)
 
 
+@pytest.mark.filterwarnings("ignore:ImageEval.fid:UserWarning")  # 30-40 samples: the small-n warning is expected
 def test_image_eval_matches_direct_computation():
     g = torch.Generator().manual_seed(9)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten())  # (B, 16) features
     real = torch.randn(40, 1, 8, 8, generator=g)
-    ie = ImageEval(model, DataLoaders([], [(real[:25], torch.zeros(25)), (real[25:], torch.zeros(15))]))
+    with pytest.warns(UserWarning, match="real statistics come from only 40 images"):
+        ie = ImageEval(model, DataLoaders([], [(real[:25], torch.zeros(25)), (real[25:], torch.zeros(15))]))
     with torch.no_grad(): fr = model(real)
     torch.testing.assert_close(ie.feats, fr)
-    samp = torch.randn(30, 1, 8, 8, generator=g) + 0.5
+    # shifted samples, kept inside the real images' value range (which ImageEval checks)
+    samp = (torch.randn(30, 1, 8, 8, generator=g) + 0.5).clamp(float(real.min()), float(real.max()))
     with torch.no_grad(): fs = model(samp)
     assert ie.fid(samp) == pytest.approx(fid_from_features(fr, fs), rel=1e-5)
     assert ie.kid(samp) == pytest.approx(kid_from_features(fr, fs), rel=1e-5)
@@ -166,3 +170,87 @@ def test_classifier_model_features_shape():
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     assert m[:-2](torch.randn(2, 1, 32, 32)).shape == (2, 8)
     with pytest.raises(ValueError, match="at least 2"): fmnist_classifier_model((4,))
+
+
+# ---- ImageEval refuses samples that are not what its real images were ----
+
+@pytest.fixture(scope='module')
+def fmnist_ie(sample_test):
+    "ImageEval with the shipped classifier on 1,280 real test images of the packaged sample (no warning: min_samples reached)."
+    x, y = sample_test
+    real = fmnist_32(x[:1280])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        return ImageEval(fmnist_classifier(head=False), DataLoaders([], [(real[i:i + 640], y[i:i + 640]) for i in (0, 640)])), x
+
+
+def test_image_eval_records_what_real_images_look_like(fmnist_ie):
+    ie, _ = fmnist_ie
+    assert ie.real_shape == (1, 32, 32) and ie.real_dtype == torch.float32 and ie.real_range == (-1.0, 1.0)
+    assert ie.min_samples == 10 * 128
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda x: x[:64, None].float() / 255, r"samples are \(1, 28, 28\) .* are \(1, 32, 32\).*fmnist_32"),          # 28x28, no padding
+    (lambda x: (fmnist_32(x[:64]) + 1) / 2, r"only run from 0 to 1, 50% of the real images' range \[-1, 1\].*fmnist_32"),  # [0, 1]
+    (lambda x: fmnist_32(x[:64]) / 2, r"only run from -0.5 to 0.5"),                                       # the course's [-0.5, 0.5]
+    (lambda x: fmnist_32(x[:64]) * 127.5 + 127.5, r"outside the real images' range"),                     # 0-255 floats
+    (lambda x: torch.nn.functional.pad(x[:64, None], (2, 2, 2, 2)), r"samples are torch.uint8, but the real images are torch.float32"),
+    (lambda x: fmnist_32(x[:64]).expand(-1, 3, -1, -1), r"samples are \(3, 32, 32\)"),
+    (lambda x: fmnist_32(x[:64]).masked_fill(torch.arange(64)[:, None, None, None] == 3, float('nan')), "NaN or infinite"),
+])
+def test_image_eval_refuses_mismatched_samples(fmnist_ie, make, match):
+    ie, x = fmnist_ie
+    for f in (ie.fid, ie.kid):
+        with pytest.raises(ValueError, match=match): f(make(x))
+
+
+def test_image_eval_accepts_good_and_slightly_overshooting_samples(fmnist_ie):
+    ie, x = fmnist_ie
+    s = fmnist_32(x[1280:1280 + 64])
+    g = torch.Generator().manual_seed(0)
+    over = s * 1.05 + 0.02 * torch.randn(s.shape, generator=g)  # an unclamped sampler's few percent
+    assert ie.kid(over) == pytest.approx(ie.kid(over.double()), abs=1e-6)  # float64 samples are cast to the real dtype
+    narrow = ImageEval(ie.learn.model, ie.learn.dls, check_range=False, min_samples=2)
+    assert math.isfinite(narrow.kid(s / 2))  # check_range=False lets unusual samples through
+
+
+def test_fid_warns_below_min_samples(fmnist_ie):
+    ie, x = fmnist_ie
+    with pytest.warns(UserWarning, match=r"64 samples give an FID biased upward.*at least 1280 samples"):
+        ie.fid(fmnist_32(x[1280:1344]))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        ie.kid(fmnist_32(x[1280:1344]))   # KID is unbiased: no warning
+
+
+def test_image_eval_small_real_set_warns():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    real = torch.randn(12, 1, 6, 6)
+    with pytest.warns(UserWarning, match=r"real statistics come from only 12 images; with 2 features, FID needs at least 20"):
+        ImageEval(model, DataLoaders([], [(real, torch.zeros(12))]))
+    with pytest.raises(ValueError, match="min_samples"): ImageEval(model, DataLoaders([], [(real, torch.zeros(12))]), min_samples=1)
+
+
+def test_real_features_follow_the_model():
+    "Training the feature model after ImageEval was built must not leave the real statistics of the old weights in use."
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    real, samp = torch.randn(40, 1, 8, 8, generator=g), torch.randn(30, 1, 8, 8, generator=g) + 0.3
+    ie = ImageEval(model, DataLoaders([], [(real, torch.zeros(40))]), min_samples=2)
+    with torch.no_grad(): model[0].weight.mul_(2.)        # an optimizer step, in effect
+    with pytest.warns(UserWarning, match="weights changed"): got = ie.fid(samp)
+    with torch.no_grad(): fr, fs = model(real), model(samp)
+    assert got == pytest.approx(fid_from_features(fr, fs), rel=1e-5)
+    torch.testing.assert_close(ie.feats, fr)
+
+
+def test_fmnist_32_refuses_wrong_scales():
+    x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(fmnist_32(x.long()), fmnist_32(x))   # any integer type holding 0-255
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\], got values from -1"): fmnist_32(fmnist_32(x)[:, :, 2:-2, 2:-2])
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\], got values from 0 to 255"): fmnist_32(x.float().clamp(0, 255).index_fill(0, torch.tensor([0]), 255.))
+    with pytest.raises(ValueError, match="integer images must be 0-255"): fmnist_32(x.long() * 2)
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\) or \(N, 1, 28, 28\), got \(4, 1, 32, 32\)"): fmnist_32(fmnist_32(x))
+    with pytest.raises(ValueError, match="NaN"): fmnist_32(torch.full((2, 28, 28), float('nan')))
+    with pytest.raises(TypeError, match="pixel values"): fmnist_32(x.bool())

@@ -285,3 +285,122 @@ def test_checkpoint_resume_with_our_adam_and_onecycle(tmp_path):
     assert list(resumed.epochs) == [1]
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---- parameter groups: nothing silently ignored ----
+
+def test_group_constructor_names_apply_like_torchs():
+    "A group saying `wd` (Adam's constructor name) gets that weight decay: the same steps as AdamW with weight_decay in the group."
+    grads = _grads(8)
+    p1, p2 = _params(8), _params(8)
+    ours = _run(Adam([{'params': p1[:2], 'wd': 0.5, 'beta1': 0.8}, {'params': p1[2:]}], lr=1e-2), p1, grads)
+    ref = _run(torch.optim.AdamW([{'params': p2[:2], 'weight_decay': 0.5, 'betas': (0.8, 0.99)}, {'params': p2[2:]}],
+                                 lr=1e-2, weight_decay=0., betas=(0.9, 0.99), eps=1e-5), p2, grads)
+    for a, b in zip(ours, ref): torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    p3 = _params(8)
+    no_wd = _run(Adam([{'params': p3[:2]}, {'params': p3[2:]}], lr=1e-2, beta1=0.8), p3, grads)
+    assert not torch.allclose(ours[0], no_wd[0])  # the decay really acted
+
+
+def test_group_mom_and_wd_for_momentum_sgd():
+    grads = _grads(9, 10)
+    params = _params(9)
+    start = [p.detach().clone() for p in params]
+    ours = _run(Momentum([{'params': params[:1], 'mom': 0.5, 'wd': 0.2}, {'params': params[1:]}], lr=0.05), params, grads)
+    torch.testing.assert_close(ours[0], _momentum_by_hand(start[0], [g[0] for g in grads], 0.05, 0.2, 0.5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[1], _momentum_by_hand(start[1], [g[1] for g in grads], 0.05, 0., 0.9), rtol=1e-12, atol=1e-12)
+    p1, p2 = _params(9), _params(9)
+    a = _run(SGD([{'params': p1, 'wd': 0.1}], lr=0.1), p1, grads)
+    b = _run(torch.optim.SGD(p2, lr=0.1, weight_decay=0.1), p2, grads)
+    for x, y in zip(a, b): torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda ps: SGD([{'params': ps, 'momentum': 0.9}], lr=0.1), r"SGD param group 0: unknown key\(s\) \['momentum'\]"),
+    (lambda ps: Adam([{'params': ps, 'weight_decy': 0.1}], lr=0.1), r"Adam param group 0: unknown key\(s\) \['weight_decy'\]"),
+    (lambda ps: RMSProp([{'params': ps, 'mom': 0.9}], lr=0.1), r"RMSProp param group 0: unknown key\(s\) \['mom'\]"),
+    (lambda ps: Adam([{'params': ps[:1]}, {'params': ps[1:], 'lr': -1e-3}], lr=0.1), r"Adam param group 1: lr must be in"),
+    (lambda ps: SGD([{'params': ps, 'wd': float('nan')}], lr=0.1), r"SGD param group 0: weight_decay must be in .*nan"),
+    (lambda ps: SGD([{'params': ps, 'lr': float('inf')}], lr=0.1), r"SGD param group 0: lr must be in"),
+    (lambda ps: Momentum([{'params': ps, 'mom': 1.2}], lr=0.1), r"Momentum param group 0: momentum must be in \[0.0, 1.0\)"),
+    (lambda ps: RMSProp([{'params': ps, 'eps': 0.}], lr=0.1), r"RMSProp param group 0: eps must be in \(0.0, inf\)"),
+    (lambda ps: Adam([{'params': ps, 'betas': (0.9, -0.1)}], lr=0.1), r"Adam param group 0: betas \(beta2\) must be in"),
+    (lambda ps: Adam([{'params': ps, 'betas': 0.9}], lr=0.1), r"Adam param group 0: betas must be a pair"),
+    (lambda ps: Adam([{'params': ps, 'wd': 0.1, 'weight_decay': 0.2}], lr=0.1), r"both 'wd' and 'weight_decay'"),
+    (lambda ps: Adam([{'params': ps, 'beta1': 0.8, 'betas': (0.9, 0.9)}], lr=0.1), r"both 'betas' and 'beta1'/'beta2'"),
+])
+def test_bad_param_groups_value_error(make, match):
+    with pytest.raises(ValueError, match=match): make([torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)])
+
+
+def test_add_param_group_is_checked_too():
+    opt = Momentum([torch.zeros(2, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match=r"Momentum param group 1: unknown key\(s\) \['betas'\]"):
+        opt.add_param_group({'params': [torch.zeros(1, requires_grad=True)], 'betas': (0.9, 0.99)})
+    with pytest.raises(ValueError, match=r"param group 1: lr must be in"):
+        opt.add_param_group({'params': [torch.zeros(1, requires_grad=True)], 'lr': -0.1})
+    assert len(opt.param_groups) == 1   # a refused group is not half-added
+    opt.add_param_group({'params': [torch.zeros(1, requires_grad=True)], 'mom': 0.5})
+    assert opt.param_groups[1]['momentum'] == 0.5 and opt.param_groups[1]['lr'] == 0.1
+
+
+@pytest.mark.parametrize("key,value,match", [('lr', float('nan'), 'lr must be in'), ('lr', -0.1, 'lr must be in'),
+                                             ('weight_decay', -1., 'weight_decay must be in'), ('wd', 0.1, r"unknown key\(s\) \['wd'\]"),
+                                             ('betas', (0.9, float('nan')), r'betas \(beta2\) must be in')])
+def test_step_checks_groups_changed_after_construction(key, value, match):
+    "A scheduler or a hand edit that breaks a group is caught at the next step, before any parameter changes."
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = Adam([w], lr=0.1)
+    opt.param_groups[0][key] = value
+    w.grad = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"Adam param group 0: " + match): opt.step()
+    assert (w == 1).all()
+
+
+def _step_with(opt, sched, n=6, metric=False):
+    w = opt.param_groups[0]['params'][0]
+    lrs = []
+    for _ in range(n):
+        w.grad = torch.ones_like(w)
+        opt.step()
+        sched.step(1.) if metric else sched.step()
+        lrs.append(opt.param_groups[0]['lr'])
+    return lrs
+
+
+@pytest.mark.parametrize("opt_cls", [SGD, Momentum, RMSProp, Adam])
+@pytest.mark.parametrize("sched", ['onecycle', 'cyclic', 'step', 'cosine_restarts', 'plateau', 'swalr'])
+def test_torch_schedulers_keep_working(opt_cls, sched):
+    from torch.optim import lr_scheduler as S
+    from torch.optim.swa_utils import SWALR
+    opt = opt_cls([torch.zeros(2, requires_grad=True)], lr=0.01)
+    has_mom = opt_cls in (Momentum, Adam)
+    make = {'onecycle': lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, cycle_momentum=has_mom),
+            'cyclic': lambda o: S.CyclicLR(o, base_lr=0.001, max_lr=0.1, step_size_up=2, cycle_momentum=has_mom),
+            'step': lambda o: S.StepLR(o, 2, 0.5), 'cosine_restarts': lambda o: S.CosineAnnealingWarmRestarts(o, 3),
+            'plateau': lambda o: S.ReduceLROnPlateau(o, patience=0), 'swalr': lambda o: SWALR(o, swa_lr=0.05, anneal_epochs=3)}[sched]
+    s = make(opt)
+    lrs = _step_with(opt, s, metric=sched == 'plateau')
+    assert len(set(lrs)) > 1 and all(math.isfinite(v) and v >= 0 for v in lrs)
+    # and a state_dict round trip keeps the scheduler's keys
+    opt2 = opt_cls([torch.zeros(2, requires_grad=True)], lr=0.01)
+    opt2.load_state_dict(opt.state_dict())
+    opt2.param_groups[0]['params'][0].grad = torch.ones(2)
+    opt2.step()
+
+
+def test_recorder_follows_param_groups_replaced_by_a_checkpoint_load(tmp_path):
+    "Resuming from a checkpoint replaces the optimizer's param groups; RecorderCB must record the live ones, not the discarded dicts."
+    from miniai.learner import CheckpointCB, CancelFitException
+    class StopAtEpoch1(Callback):
+        def before_epoch(self, learn):
+            if learn.epoch == 1: raise CancelFitException()
+    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=6)
+    def make(extra):
+        return _learn([BatchSchedCB(sched), *extra], opt_func=partial(Adam, wd=0.01), dtype=torch.float64)
+    full = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    make([full]).fit(2)
+    make([CheckpointCB(tmp_path/'ck.pt'), StopAtEpoch1()]).fit(2)
+    resumed = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    make([CheckpointCB(tmp_path/'ck.pt'), resumed]).fit(2)
+    assert resumed.recs['lr'] == pytest.approx(full.recs['lr'][3:])   # the second epoch's three batches
