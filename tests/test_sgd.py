@@ -402,5 +402,5 @@ def test_recorder_follows_param_groups_replaced_by_a_checkpoint_load(tmp_path):
     make([full]).fit(2)
     make([CheckpointCB(tmp_path/'ck.pt'), StopAtEpoch1()]).fit(2)
     resumed = RecorderCB(lr=lambda cb: cb.pg['lr'])
-    make([CheckpointCB(tmp_path/'ck.pt'), resumed]).fit(2)
+    make([CheckpointCB(tmp_path/'ck.pt'), resumed]).fit(2, resume_from=tmp_path/'ck.pt')
     assert resumed.recs['lr'] == pytest.approx(full.recs['lr'][3:])   # the second epoch's three batches
