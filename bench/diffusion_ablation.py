@@ -160,8 +160,9 @@ def train(recipe, cfg, a, xtr, sched, sig_data, seconds, seed):
 def denoiser_for(recipe, net, sched, sig_data, amp):
     "A counted denoiser (x, sigma) -> x0_hat, its sigma range, and the counted raw network (for DDIM/DDPM)."
     counted = Counted(Autocast(net, None if amp == 'no' else getattr(torch, {'bf16': 'bfloat16', 'fp16': 'float16'}[amp])))
+    dev = next(net.parameters()).device
     if recipe.startswith('edm'): return KarrasDenoiser(counted, sig_data), (0.002, 80.), counted
-    den = EpsDenoiser(counted, sched)
+    den = EpsDenoiser(counted, sched).to(dev)
     return den, (float(den.sigma_min), float(den.sigma_max)), counted
 
 
@@ -186,10 +187,9 @@ def draw(row, den, counted, sig_range, sched, n, bs, seed, device):
     return torch.cat(out)
 
 
-def evaluate(recipe, net, rows, a, ie, sched, sig_data, deadline, log):
-    "FID/KID (mean and spread over seeds) and samples/s of each row; stops starting rows past `deadline`."
+def evaluate(recipe, net, rows, a, ie, sched, sig_data, deadline, log, res):
+    "FID/KID (mean and spread over seeds) and samples/s of each row into `res`; stops starting rows past `deadline`."
     den, sig_range, counted = denoiser_for(recipe, net, sched, sig_data, a.amp)
-    res = {}
     for row in rows:
         if row in EPS_ONLY and recipe.startswith('edm'): continue
         if time.perf_counter() > deadline:
@@ -212,7 +212,6 @@ def evaluate(recipe, net, rows, a, ie, sched, sig_data, deadline, log):
         print(f"  {recipe} {row}: NFE {r['nfe']} FID {r['fid']:.2f} ± {r['fid_spread']:.2f} KID {r['kid']:.4f} "
               f"{r['samples_per_s']:.1f} samples/s", flush=True)
         log()
-    return res
 
 
 def save_weights(net, cfg, recipe, sig_data, out, extra):
@@ -300,7 +299,8 @@ def main():
         net, steps, ips = train(r, cfg, a, xtr, sched, sig_data, a.train_seconds, a.seed)
         results[r] = dict(kind='ablation', steps=steps, img_per_s=ips, train_seconds=a.train_seconds,
                           params=sum(p.numel() for p in net.parameters()), config=list(map(str, cfg)))
-        results[r]['rows'] = evaluate(r, net, a.ablation_rows.split(','), a, ie, sched, sig_data, deadline, log)
+        results[r]['rows'] = {}
+        evaluate(r, net, a.ablation_rows.split(','), a, ie, sched, sig_data, deadline, log, results[r]['rows'])
         log()
 
     final = a.final
@@ -316,7 +316,8 @@ def main():
                             params=sum(p.numel() for p in net.parameters()), config=list(map(str, fcfg)))
         save_weights(net, fcfg, final, sig_data, out, dict(train_seconds=a.final_seconds, steps=steps, device=dev))
         log()
-        results[key]['rows'] = evaluate(final, net, a.final_rows.split(','), a, ie, sched, sig_data, deadline, log)
+        results[key]['rows'] = {}
+        evaluate(final, net, a.final_rows.split(','), a, ie, sched, sig_data, deadline, log, results[key]['rows'])
         log()
     print(f"\n{dev}; FID/KID vs 10,000 test images on the shipped classifier's features; reals FID {results['_reals']['fid']:.2f}\n")
     print(table(results))
