@@ -158,7 +158,7 @@ def _churn(x, i, sig, sf, n_steps, s_churn, s_tmin, s_tmax, s_noise, noise_sampl
     gamma = min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.
     if gamma <= 0: return x, s, sig[i]
     s_hat, s_hat_t = s * (gamma + 1), sig[i] * (gamma + 1)
-    return x + noise_sampler(sig[i], s_hat_t) * s_noise * (s_hat**2 - s**2) ** 0.5, s_hat, s_hat_t
+    return torch.add(x, noise_sampler(sig[i], s_hat_t), alpha=s_noise * (s_hat**2 - s**2) ** 0.5), s_hat, s_hat_t
 
 # %% ../../nbs/23_karras.ipynb #8958ab7f
 @torch.no_grad()
@@ -173,7 +173,7 @@ def sample_euler(model, x, sigmas, *, noise_sampler=None, callback=None, extra_a
         denoised = den(x, s_hat)
         d = _to_d(x, s_hat, denoised)
         if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': s_hat_t, 'denoised': denoised.to(xdt)})
-        x = x + d * (sf[i + 1] - s_hat)
+        x = torch.add(x, d, alpha=sf[i + 1] - s_hat)   # x + d * dt
     return x.to(xdt)
 
 @torch.no_grad()
@@ -187,8 +187,8 @@ def sample_euler_ancestral(model, x, sigmas, *, noise_sampler=None, callback=Non
         denoised = den(x, s)
         s_down, s_up = get_ancestral_step(s, s_next, eta=eta)
         if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': sig[i], 'denoised': denoised.to(xdt)})
-        x = x + _to_d(x, s, denoised) * (s_down - s)
-        if s_next > 0: x = x + noise_sampler(sig[i], sig[i + 1]) * s_noise * s_up
+        x = torch.add(x, _to_d(x, s, denoised), alpha=s_down - s)
+        if s_next > 0: x.add_(noise_sampler(sig[i], sig[i + 1]), alpha=s_noise * s_up)
     return x.to(xdt)
 
 @torch.no_grad()
@@ -205,11 +205,11 @@ def sample_heun(model, x, sigmas, *, noise_sampler=None, callback=None, extra_ar
         if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': s_hat_t, 'denoised': denoised.to(xdt)})
         s_next = sf[i + 1]
         dt = s_next - s_hat
-        if s_next == 0: x = x + d * dt
+        if s_next == 0: x = torch.add(x, d, alpha=dt)
         else:
-            x_2 = x + d * dt
+            x_2 = torch.add(x, d, alpha=dt)
             d_2 = _to_d(x_2, s_next, den(x_2, s_next))
-            x = x + (d + d_2) / 2 * dt
+            x = torch.add(x, d + d_2, alpha=dt / 2)
     return x.to(xdt)
 
 # %% ../../nbs/23_karras.ipynb #58b176c9
