@@ -8,23 +8,24 @@ Docs: https://miniai-dev.github.io/miniai/diffusion.html.md"""
 __all__ = []
 
 # %% ../../nbs/28a_diffusion.ipynb #7da52a38
-from .ddpm import linear_sched, noisify, collate_ddpm, dl_ddpm, ddpm_sample
-from .ddim import ddim_sample, abar, inv_abar, ddim_step, sample, cond_sample
+from .schedules import Schedule, as_schedule, linear_sched, cosine_sched, abar, inv_abar
+from .ddpm import noisify, collate_ddpm, dl_ddpm, ddpm_sample
+from .ddim import ddim_sample, ddim_step, sample, cond_sample
 from .karras import (sigmas_karras, scalings, noisify_karras, denoise, KarrasDenoiser, EpsDenoiser, get_ancestral_step,
     sample_euler, sample_euler_ancestral, sample_heun, sample_lms, sample_dpmpp_2m, cfg_denoiser)
 from .attention import SelfAttention, SelfAttention2D
 from .unet import timestep_embedding, EmbResBlock, DownBlock, UpBlock, EmbUNetModel
 from .cond import CondUNetModel, drop_labels
 from .train import DDPMCB
-from .schedules import cosine_sched
 from .noisepred import NoiseLevelCB, noise_level_model, PredictedTimeModel
 
 # %% ../../nbs/28a_diffusion.ipynb #64052114
-__all__ = ['linear_sched', 'noisify', 'collate_ddpm', 'dl_ddpm', 'ddpm_sample',
-           'ddim_sample', 'abar', 'inv_abar', 'ddim_step', 'sample', 'cond_sample',
+__all__ = ['Schedule', 'as_schedule', 'linear_sched', 'cosine_sched', 'abar', 'inv_abar',
+           'noisify', 'collate_ddpm', 'dl_ddpm', 'ddpm_sample',
+           'ddim_sample', 'ddim_step', 'sample', 'cond_sample',
            'sigmas_karras', 'scalings', 'noisify_karras', 'denoise', 'KarrasDenoiser', 'EpsDenoiser', 'get_ancestral_step',
            'sample_euler', 'sample_euler_ancestral', 'sample_heun', 'sample_lms', 'sample_dpmpp_2m', 'cfg_denoiser',
            'SelfAttention', 'SelfAttention2D',
            'timestep_embedding', 'EmbResBlock', 'DownBlock', 'UpBlock', 'EmbUNetModel',
            'CondUNetModel', 'drop_labels',
-           'DDPMCB', 'cosine_sched', 'NoiseLevelCB', 'noise_level_model', 'PredictedTimeModel']
+           'DDPMCB', 'NoiseLevelCB', 'noise_level_model', 'PredictedTimeModel']

@@ -10,7 +10,6 @@ __all__ = ['CondUNetModel', 'drop_labels']
 # %% ../../nbs/28_cond.ipynb #48cd41ba
 import torch
 from torch import nn
-from .ddpm import _randn
 from .unet import EmbUNetModel
 
 # %% ../../nbs/28_cond.ipynb #f5696441

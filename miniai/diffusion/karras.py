@@ -10,9 +10,12 @@ __all__ = ['sigmas_karras', 'scalings', 'noisify_karras', 'denoise', 'KarrasDeno
 
 # %% ../../nbs/23_karras.ipynb #c7e4f070
 import math
+from collections import deque
+from functools import lru_cache
 import torch
 from torch import nn
-from .ddpm import _randn, _check_x, _check_out, _steps, _get_abar
+from .core import _randn, _check_x, _check_out, _steps, _cdt
+from .schedules import as_schedule
 
 # %% ../../nbs/23_karras.ipynb #5b8a7911
 def sigmas_karras(n, sigma_min=0.01, sigma_max=80., rho=7., device='cpu', dtype=torch.float32):
@@ -32,9 +35,9 @@ def scalings(sig, sig_data=0.5):
     totvar = sig**2 + sig_data**2
     return sig_data**2 / totvar, sig * sig_data / totvar.sqrt(), 1 / totvar.sqrt()
 
-def _bcast(v, x):
-    "`v` (a number, a 0-d or a (B,) tensor) as a (B,) tensor on x's device and dtype."
-    v = torch.as_tensor(v).to(x.dtype).to(x.device)
+def _bcast(v, x, dtype=None):
+    "`v` (a number, a 0-d or a (B,) tensor) as a (B,) tensor on x's device, in `dtype` (default x's)."
+    v = torch.as_tensor(v).to(device=x.device, dtype=x.dtype if dtype is None else dtype)
     return v.expand(len(x)) if v.ndim == 0 else v
 
 def _view(v, x):
@@ -44,16 +47,20 @@ def _view(v, x):
 def noisify_karras(x0, sig_data=0.5, generator=None):
     "Training pairs of Karras et al. 2022: ((c_in * x, sigma), target) with log-normal sigma (P_mean=-1.2, P_std=1.2) and target (x0 - c_skip x) / c_out."
     _check_x(x0, 'x0')
-    sig = (_randn((len(x0),), generator, x0) * 1.2 - 1.2).exp()  # (B,)
-    x = x0 + _view(sig, x0) * _randn(x0.shape, generator, x0)
+    cdt = _cdt(x0)
+    sig = (_randn((len(x0),), generator, x0, cdt) * 1.2 - 1.2).exp()  # (B,)
+    x0c = x0.to(cdt)
+    x = x0c + _view(sig, x0) * _randn(x0.shape, generator, x0, cdt)
     c_skip, c_out, c_in = (_view(c, x0) for c in scalings(sig, sig_data))
-    return (x * c_in, sig), (x0 - c_skip * x) / c_out
+    return ((x * c_in).to(x0.dtype), sig), ((x0c - c_skip * x) / c_out).to(x0.dtype)
 
 def denoise(model, x, sig, sig_data=0.5):
     "The preconditioned denoiser D(x; sigma) = c_skip x + c_out F(c_in x, sigma) of Karras et al. 2022 (eq. 7) around the network `model(x, sigma)`."
-    sig = _bcast(sig, x)  # (B,)
+    cdt = _cdt(x)
+    sig = _bcast(sig, x, cdt)  # (B,)
     c_skip, c_out, c_in = (_view(c, x) for c in scalings(sig, sig_data))
-    return _check_out(model(x * c_in, sig), x) * c_out + x * c_skip
+    xc = x.to(cdt)
+    return (_check_out(model((xc * c_in).to(x.dtype), sig), x).to(cdt) * c_out + xc * c_skip).to(x.dtype)
 
 class KarrasDenoiser(nn.Module):
     "Wrap a network trained on `noisify_karras` pairs as a denoiser `(x, sigma) -> x0_hat` (Karras et al. 2022 preconditioning)."
@@ -65,13 +72,14 @@ class KarrasDenoiser(nn.Module):
 
 # %% ../../nbs/23_karras.ipynb #761c3fa1
 class EpsDenoiser(nn.Module):
-    "A denoiser `(x, sigma) -> x0_hat` from an epsilon-prediction `model(x_t, t)` trained on the discrete schedule `abar` (k-diffusion's DiscreteEpsDDPMDenoiser)."
+    "A denoiser `(x, sigma) -> x0_hat` from an epsilon-prediction `model(x_t, t)` trained on the discrete schedule `abar` (k-diffusion's DiscreteEpsDDPMDenoiser), computing in float32 or float64."
     def __init__(self, model, abar, quantize=False):
         super().__init__()
-        abar = torch.as_tensor(getattr(abar, 'abar', abar), dtype=torch.float64)
-        if abar.ndim != 1 or len(abar) < 2: raise ValueError(f"abar must be a 1-d tensor of at least 2 values, got shape {tuple(abar.shape)}")
+        sched = as_schedule(abar, 'abar')
+        if len(sched) < 2: raise ValueError(f"abar must have at least 2 steps, got {len(sched)}")
+        if not sched.abar[0] < 1: raise ValueError("abar must be < 1 at every step (sigma > 0), got abar[0] = 1")
         self.model, self.quantize = model, quantize
-        self.register_buffer('sigmas', ((1 - abar) / abar).sqrt())  # (T,), increasing with t
+        self.register_buffer('sigmas', sched.sigmas)  # (T,), increasing with t
         self.register_buffer('log_sigmas', self.sigmas.log())
     @property
     def sigma_min(self): return self.sigmas[0]
@@ -100,27 +108,38 @@ class EpsDenoiser(nn.Module):
         t = torch.linspace(T - 1, 0, T if n is None else int(n), dtype=torch.float64)
         return torch.cat([self.t_to_sigma(t), self.sigmas.new_zeros(1)])
     def forward(self, x, sigma, *args, **kwargs):
-        sigma = _bcast(sigma, x)  # (B,)
-        s = _view(sigma, x)
-        eps = _check_out(self.model(x / (s**2 + 1).sqrt(), self.sigma_to_t(sigma), *args, **kwargs), x)
-        return x - s * eps
+        cdt = _cdt(x)
+        sigma = _bcast(sigma, x, cdt)  # (B,), float32 or float64
+        s, xc = _view(sigma, x), x.to(cdt)
+        eps = _check_out(self.model((xc / (s**2 + 1).sqrt()).to(x.dtype), self.sigma_to_t(sigma), *args, **kwargs), x)
+        return (xc - s * eps.to(cdt)).to(x.dtype)
 
 # %% ../../nbs/23_karras.ipynb #16b8c953
 def _prep(model, x, sigmas, extra_args, noise_sampler=None, generator=None):
-    "Check inputs; return sigmas on x's device/dtype, the wrapped denoiser and a noise sampler."
+    "Check the inputs once; return the state (x in the compute dtype), sigmas as a tensor on x's device and as floats, the denoiser call and a noise sampler."
     _check_x(x)
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1: raise ValueError(f"sigmas must be a 1-d tensor, got shape {tuple(sigmas.shape)}")
     if len(sigmas) < 2: raise ValueError(f"need at least 2 sigmas (one step), got {len(sigmas)}")
-    if not torch.isfinite(sigmas).all(): raise ValueError("sigmas must be finite")
-    if (sigmas[:-1] <= 0).any() or sigmas[-1] < 0: raise ValueError("sigmas must be positive (only the last may be 0)")
-    if (sigmas[1:] >= sigmas[:-1]).any(): raise ValueError("sigmas must be strictly decreasing")
-    sigmas = sigmas.to(x.dtype).to(x.device)
+    sc = sigmas.detach().to(device='cpu', dtype=torch.float64)   # the checks run on the host
+    if not torch.isfinite(sc).all(): raise ValueError("sigmas must be finite")
+    if (sc[:-1] <= 0).any() or sc[-1] < 0: raise ValueError("sigmas must be positive (only the last may be 0)")
+    if (sc[1:] >= sc[:-1]).any(): raise ValueError("sigmas must be strictly decreasing")
+    xdt, cdt, B = x.dtype, _cdt(x), len(x)
+    sig = sigmas.detach().to(device=x.device, dtype=cdt)   # (n+1,): 0-d views for callbacks and noise samplers
+    sf = sc.to(cdt).tolist()                               # the same values as numbers, for the step arithmetic
     extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones(len(x))  # (B,)
-    def den(xi, sig): return _check_out(model(xi, sig * s_in, **extra_args), xi)
-    if noise_sampler is None: noise_sampler = lambda sigma, sigma_next: _randn(x.shape, generator, x)
-    return sigmas, den, noise_sampler
+    def den(xs, s):
+        "D(x; s) for the state `xs` and the noise level `s` (a number): the model sees x in the caller's dtype, sigma (B,) in the compute dtype."
+        return _check_out(model(xs.to(xdt), torch.full((B,), s, device=xs.device, dtype=cdt), **extra_args), xs).to(cdt)
+    if noise_sampler is None: noise_sampler = lambda sigma, sigma_next: _randn(x.shape, generator, x, cdt)
+    return x.to(cdt), sig, sf, den, noise_sampler
+
+def _no_noise(name, noise_sampler, generator):
+    "Raise `ValueError` when the deterministic sampler `name` is given a source of noise it would never use."
+    for arg, v in (('noise_sampler', noise_sampler), ('generator', generator)):
+        if v is not None: raise ValueError(f"{name} is deterministic and draws no noise, so {arg} would be ignored: pass {arg}=None "
+                                           "(the keyword is kept for the samplers' common signature)")
 
 def _to_d(x, sigma, denoised):
     "The probability-flow ODE derivative dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, eq. 4)."
@@ -133,112 +152,143 @@ def get_ancestral_step(sigma_from, sigma_to, eta=1.):
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
-def _churn(x, sigma, n_steps, s_churn, s_tmin, s_tmax, s_noise, noise_sampler):
-    "Karras et al. 2022 Algorithm 2, lines 4-6: raise the noise level from sigma to sigma_hat by adding fresh noise."
-    gamma = min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.
-    sigma_hat = sigma * (gamma + 1)
-    if gamma > 0: x = x + noise_sampler(sigma, sigma_hat) * s_noise * (sigma_hat**2 - sigma**2).sqrt()
-    return x, sigma_hat
+def _churn(x, i, sig, sf, n_steps, s_churn, s_tmin, s_tmax, s_noise, noise_sampler):
+    "Karras et al. 2022 Algorithm 2, lines 4-6: raise the noise level from sigma_i to sigma_hat with fresh noise; returns x, sigma_hat and sigma_hat as a tensor."
+    s = sf[i]
+    gamma = min(s_churn / n_steps, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.
+    if gamma <= 0: return x, s, sig[i]
+    s_hat, s_hat_t = s * (gamma + 1), sig[i] * (gamma + 1)
+    return torch.add(x, noise_sampler(sig[i], s_hat_t), alpha=s_noise * (s_hat**2 - s**2) ** 0.5), s_hat, s_hat_t
 
 # %% ../../nbs/23_karras.ipynb #8958ab7f
 @torch.no_grad()
 def sample_euler(model, x, sigmas, *, noise_sampler=None, callback=None, extra_args=None, generator=None, progress=False,
                  s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     "Euler steps of the probability-flow ODE, with optional churn (Karras et al. 2022, Algorithm 2 with Euler steps)."
-    sigmas, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
-    for i in _steps(len(sigmas) - 1, progress):
-        x, sigma_hat = _churn(x, sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = den(x, sigma_hat)
-        d = _to_d(x, sigma_hat, denoised)
-        if callback is not None: callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigma_hat, 'denoised': denoised})
-        x = x + d * (sigmas[i + 1] - sigma_hat)
-    return x
+    xdt = x.dtype
+    x, sig, sf, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
+    n = len(sf) - 1
+    for i in _steps(n, progress):
+        x, s_hat, s_hat_t = _churn(x, i, sig, sf, n, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = den(x, s_hat)
+        d = _to_d(x, s_hat, denoised)
+        if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': s_hat_t, 'denoised': denoised.to(xdt)})
+        x = torch.add(x, d, alpha=sf[i + 1] - s_hat)   # x + d * dt
+    return x.to(xdt)
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, *, noise_sampler=None, callback=None, extra_args=None, generator=None, progress=False,
                            eta=1., s_noise=1.):
     "Ancestral sampling with Euler steps: an Euler step down to sigma_down, then fresh noise up to the next sigma (k-diffusion; Ho et al. 2020 when eta=1)."
-    sigmas, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
-    for i in _steps(len(sigmas) - 1, progress):
-        denoised = den(x, sigmas[i])
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        if callback is not None: callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigmas[i], 'denoised': denoised})
-        x = x + _to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0: x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    xdt = x.dtype
+    x, sig, sf, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
+    for i in _steps(len(sf) - 1, progress):
+        s, s_next = sf[i], sf[i + 1]
+        denoised = den(x, s)
+        s_down, s_up = get_ancestral_step(s, s_next, eta=eta)
+        if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': sig[i], 'denoised': denoised.to(xdt)})
+        x = torch.add(x, _to_d(x, s, denoised), alpha=s_down - s)
+        if s_next > 0: x.add_(noise_sampler(sig[i], sig[i + 1]), alpha=s_noise * s_up)
+    return x.to(xdt)
 
 @torch.no_grad()
 def sample_heun(model, x, sigmas, *, noise_sampler=None, callback=None, extra_args=None, generator=None, progress=False,
                 s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     "Heun's second-order method with optional churn (Karras et al. 2022, Algorithm 2); the last step to sigma=0 is an Euler step."
-    sigmas, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
-    for i in _steps(len(sigmas) - 1, progress):
-        x, sigma_hat = _churn(x, sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
-        denoised = den(x, sigma_hat)
-        d = _to_d(x, sigma_hat, denoised)
-        if callback is not None: callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigma_hat, 'denoised': denoised})
-        dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0: x = x + d * dt
+    xdt = x.dtype
+    x, sig, sf, den, noise_sampler = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
+    n = len(sf) - 1
+    for i in _steps(n, progress):
+        x, s_hat, s_hat_t = _churn(x, i, sig, sf, n, s_churn, s_tmin, s_tmax, s_noise, noise_sampler)
+        denoised = den(x, s_hat)
+        d = _to_d(x, s_hat, denoised)
+        if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': s_hat_t, 'denoised': denoised.to(xdt)})
+        s_next = sf[i + 1]
+        dt = s_next - s_hat
+        if s_next == 0: x = torch.add(x, d, alpha=dt)
         else:
-            x_2 = x + d * dt
-            d_2 = _to_d(x_2, sigmas[i + 1], den(x_2, sigmas[i + 1]))
-            x = x + (d + d_2) / 2 * dt
-    return x
+            x_2 = torch.add(x, d, alpha=dt)
+            d_2 = _to_d(x_2, s_next, den(x_2, s_next))
+            x = torch.add(x, d + d_2, alpha=dt / 2)
+    return x.to(xdt)
 
 # %% ../../nbs/23_karras.ipynb #58b176c9
+@lru_cache(maxsize=None)
+def _leggauss(order):
+    "Gauss-Legendre nodes and weights on [-1, 1], as tuples of floats."
+    import numpy as np
+    nodes, weights = np.polynomial.legendre.leggauss(order)
+    return tuple(nodes.tolist()), tuple(weights.tolist())
+
 def _lms_coeff(order, t, i, j):
     "Integral over [t[i], t[i+1]] of the j-th Lagrange basis polynomial on nodes t[i], t[i-1], ..., t[i-order+1]."
-    import numpy as np
-    nodes, weights = np.polynomial.legendre.leggauss(max(order, 1))
+    nodes, weights = _leggauss(max(order, 1))
     a, b = t[i], t[i + 1]
-    taus = (b - a) / 2 * nodes + (a + b) / 2
     def basis(tau):
         prod = 1.
         for k in range(order):
             if k != j: prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
         return prod
-    return float((b - a) / 2 * sum(w * basis(tau) for w, tau in zip(weights, taus)))
+    return float((b - a) / 2 * sum(w * basis((b - a) / 2 * u + (a + b) / 2) for u, w in zip(nodes, weights)))
 
 @torch.no_grad()
 def sample_lms(model, x, sigmas, *, noise_sampler=None, callback=None, extra_args=None, generator=None, progress=False, order=4):
     "Linear multistep sampler on the probability-flow ODE (Karras et al. 2022 setting, k-diffusion's sample_lms): Adams-Bashforth in sigma with up to `order` past derivatives."
     if int(order) != order or order < 1: raise ValueError(f"order must be a positive integer, got {order}")
-    sigmas, den, _ = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
-    t = sigmas.detach().double().cpu().tolist()
-    ds = []
-    for i in _steps(len(sigmas) - 1, progress):
-        denoised = den(x, sigmas[i])
-        ds = (ds + [_to_d(x, sigmas[i], denoised)])[-int(order):]
-        if callback is not None: callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigmas[i], 'denoised': denoised})
-        cur = min(i + 1, int(order))
-        coeffs = [_lms_coeff(cur, t, i, j) for j in range(cur)]
-        x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
-    return x
+    _no_noise('sample_lms', noise_sampler, generator)
+    xdt, order = x.dtype, int(order)
+    x, sig, sf, den, _ = _prep(model, x, sigmas, extra_args)
+    n = len(sf) - 1
+    coeffs = [[_lms_coeff(min(i + 1, order), sf, i, j) for j in range(min(i + 1, order))] for i in range(n)]
+    ds = deque(maxlen=order)
+    for i in _steps(n, progress):
+        denoised = den(x, sf[i])
+        ds.append(_to_d(x, sf[i], denoised))
+        if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': sig[i], 'denoised': denoised.to(xdt)})
+        cs, past = coeffs[i], list(reversed(ds))
+        x = torch.add(x, past[0], alpha=cs[0])
+        for c, d in zip(cs[1:], past[1:]): x.add_(d, alpha=c)
+    return x.to(xdt)
 
 # %% ../../nbs/23_karras.ipynb #4093d4fe
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, *, noise_sampler=None, callback=None, extra_args=None, generator=None, progress=False):
     "DPM-Solver++(2M) of Lu et al. 2022 (Algorithm 2, multistep second order, data prediction) on Karras sigmas."
-    sigmas, den, _ = _prep(model, x, sigmas, extra_args, noise_sampler, generator)
-    old = None
-    for i in _steps(len(sigmas) - 1, progress):
-        denoised = den(x, sigmas[i])
-        if callback is not None: callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigmas[i], 'denoised': denoised})
-        if sigmas[i + 1] == 0: x = denoised   # the limit of the update as sigma_next -> 0
+    _no_noise('sample_dpmpp_2m', noise_sampler, generator)
+    xdt = x.dtype
+    x, sig, sf, den, _ = _prep(model, x, sigmas, extra_args)
+    old = h_last = None
+    for i in _steps(len(sf) - 1, progress):
+        s, s_next = sf[i], sf[i + 1]
+        denoised = den(x, s)
+        if callback is not None: callback({'x': x.to(xdt), 'i': i, 'sigma': sig[i], 'sigma_hat': sig[i], 'denoised': denoised.to(xdt)})
+        if s_next == 0: x = denoised   # the limit of the update as sigma_next -> 0
         else:
-            lam, lam_next = -sigmas[i].log(), -sigmas[i + 1].log()
-            h = lam_next - lam
-            if old is not None:
-                r = (lam + sigmas[i - 1].log()) / h   # h_last / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
-            else: denoised_d = denoised
-            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * denoised_d
+            h = math.log(s) - math.log(s_next)   # lambda_next - lambda, with lambda = -log(sigma)
+            if old is None: denoised_d = denoised
+            else:
+                r = h_last / h
+                denoised_d = torch.add(denoised * (1 + 1 / (2 * r)), old, alpha=-1 / (2 * r))
+            x = torch.add(x * (s_next / s), denoised_d, alpha=-math.expm1(-h))
+            h_last = h
         old = denoised
-    return x
+    return x.to(xdt)
 
 # %% ../../nbs/23_karras.ipynb #8e8a0747
+def _takes_labels(model):
+    "False when `model` certainly cannot be called as model(x, t, c); True when it can, or when its signature cannot be read."
+    import inspect
+    try: sig = inspect.signature(model.forward if isinstance(model, nn.Module) else model)
+    except (TypeError, ValueError): return True
+    try: sig.bind(None, None, None)
+    except TypeError: return False
+    return True
+
 def cfg_denoiser(model, cond, uncond, scale=1.):
     "Classifier-free guidance (Ho & Salimans 2022): `(x, t) -> u + scale * (c - u)` from a conditional `model(x, t, c)`, with class labels `cond` and the null label `uncond`."
+    need = "cfg_denoiser needs a class-conditional model called as model(x, t, c) with class labels c (e.g. a CondUNetModel)"
+    if not callable(model): raise TypeError(f"{need}, got a {type(model).__name__}")
+    if not _takes_labels(model): raise TypeError(f"{need}, but {type(model).__name__} takes no class labels")
     def guided(x, t, *args, **kwargs):
         c = torch.as_tensor(cond, device=x.device).long()
         c = c.expand(len(x)) if c.ndim == 0 else c
@@ -247,9 +297,10 @@ def cfg_denoiser(model, cond, uncond, scale=1.):
         if c.shape != (len(x),) or u.shape != (len(x),): raise ValueError(f"cond and uncond must be class indices or tensors of {len(x)}")
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(len(x)) if t.ndim == 0 else t
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([u, c]), *args, **kwargs)
+        try: out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([u, c]), *args, **kwargs)
+        except TypeError as e: raise TypeError(f"{need}; calling {type(model).__name__}(x, t, c) raised TypeError: {e}") from e
         if not isinstance(out, torch.Tensor) or out.shape != (2 * len(x),) + tuple(x.shape[1:]):
             raise ValueError(f"model returned {getattr(out, 'shape', type(out))}, expected the shape of its input {(2 * len(x),) + tuple(x.shape[1:])}")
-        out_u, out_c = out.chunk(2)
-        return out_u + scale * (out_c - out_u)
+        out_u, out_c = out.to(_cdt(x)).chunk(2)
+        return (out_u + scale * (out_c - out_u)).to(x.dtype)
     return guided

@@ -13,15 +13,14 @@ from torch import nn
 from ..conv import conv
 from ..learner import Callback, DeviceCB
 from .ddpm import noisify
-from .ddim import abar
+from .schedules import abar, as_schedule
 
 # %% ../../nbs/22_cosine.ipynb #9d139222
 class NoiseLevelCB(Callback):
     "Replace each batch of clean images `(x0, ...)` by `(x_t, t)` pairs from `noisify` (continuous `abar` by default), to train a model that predicts t from x_t (course lesson 22)."
     order = DeviceCB.order + 1
     def __init__(self, abar=abar, generator=None):
-        if not callable(abar) and not isinstance(abar, torch.Tensor): raise TypeError(f"abar must be a function of t or a 1-d tensor, got {type(abar).__name__}")
-        self.abar, self.generator = abar, generator
+        self.abar, self.generator = as_schedule(abar, 'abar', allow_fn=True), generator
 
     def before_batch(self, learn):
         b = learn.batch

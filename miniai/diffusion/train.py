@@ -11,16 +11,14 @@ __all__ = ['DDPMCB']
 import torch
 from ..learner import Callback, DeviceCB
 from .ddpm import noisify
+from .schedules import as_schedule
 
 # %% ../../nbs/17_ddpm_v2.ipynb #3bd1b0d3
 class DDPMCB(Callback):
     "Replace each batch of clean images `(x0, ...)` by DDPM training pairs `((x_t, t), eps)` from `noisify` with schedule `abar`, on the batch's device (course lesson 17)."
     order = DeviceCB.order + 1
     def __init__(self, abar, generator=None):
-        abar = getattr(abar, 'abar', abar)
-        if not (callable(abar) or isinstance(abar, torch.Tensor)):
-            raise TypeError(f"abar must be a schedule (with .abar), a 1-d tensor or a function of t, got {type(abar).__name__}")
-        self.abar, self.generator = abar, generator
+        self.abar, self.generator = as_schedule(abar, 'abar', allow_fn=True), generator   # checked once, here
 
     def before_batch(self, learn):
         b = learn.batch
