@@ -128,7 +128,7 @@ def draw(kind, steps, model, sched, den, n, bs, seed, device):
             y = ddim_sample(model, x, sched, ts)
         else:
             sigmas = sigmas_karras(steps, sigma_min=float(den.sigma_min), sigma_max=float(den.sigma_max), device=device)
-            y = kind(den, x * sigmas[0], sigmas, generator=gs)
+            y = kind(den, x * sigmas[0], sigmas, **({} if kind in (sample_lms, sample_dpmpp_2m) else {"generator": gs}))
         out.append(y.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 

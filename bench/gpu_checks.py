@@ -6,6 +6,7 @@ on the GPU (CUDA RNG state included), `EMA` on the GPU, the samplers with a half
 
 Run: python bench/gpu_checks.py   (about half a minute on one GPU)
 """
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # lets cuBLAS run deterministically (the resume check)
 RESULTS = []
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'   # on a CPU the script is only a dry run of itself
 
@@ -54,6 +56,7 @@ def cnn():
 
 @check
 def pytest_cuda_tests():
+    if os.environ.get('SKIP_PYTEST'): return 'skipped (SKIP_PYTEST set)'
     r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_matmul.py',
                         'tests/test_meanshift.py', 'tests/test_conv.py', '-k', 'cuda or gpu or device'],
                        capture_output=True, text=True, timeout=300)
@@ -110,13 +113,23 @@ def checkpoint_resume_on_gpu():
                         cbs=[DeviceCB(DEV), TrainCB(), CheckpointCB(path), *extra])
         learn.fit(3, resume_from=path if resume else None)
         return learn
-    full = run(tmp / 'a.pt')
-    try: run(tmp / 'b.pt', [Crash()])
-    except RuntimeError: pass
-    resumed = run(tmp / 'b.pt', resume=True)
-    diff = max((p - q).abs().max().item() for p, q in zip(full.model.parameters(), resumed.model.parameters()))
-    assert diff == 0, diff
-    return 'resumed run equals the uninterrupted one exactly'
+    def maxdiff(a, b): return max((p - q).abs().max().item() for p, q in zip(a.model.parameters(), b.model.parameters()))
+    # cuDNN picks nondeterministic kernels by default: two identical runs may already differ; with deterministic
+    # algorithms the resumed run must equal the uninterrupted one exactly
+    noise = maxdiff(run(tmp / 'n1.pt'), run(tmp / 'n2.pt'))
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True)
+    try:
+        full = run(tmp / 'a.pt')
+        try: run(tmp / 'b.pt', [Crash()])
+        except RuntimeError: pass
+        resumed = run(tmp / 'b.pt', resume=True)
+        diff = maxdiff(full, resumed)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert diff == 0, f'deterministic algorithms: resumed vs uninterrupted max diff {diff} (default algorithms, two fresh runs: {noise})'
+    return f'deterministic algorithms: resumed == uninterrupted exactly; default algorithms, two fresh runs differ by {noise:.2g}'
 
 
 @check
@@ -144,9 +157,10 @@ def samplers_half_precision_x():
         b = sample_dpmpp_2m(den, x.float() * s[0], s)
         out[dt] = (a.float(), torch.isfinite(a.float()).all().item(), a.dtype, b)
     ok = all(v[1] for v in out.values())
-    err = (out[torch.float16][0] - out[torch.float32][0]).abs().max().item()
-    msg = f'ddim finite for float32/16/bf16: {[v[1] for v in out.values()]}; fp16 vs fp32 max diff {err:.3g}; dtypes {[str(v[2]) for v in out.values()]}'
-    if not ok or err > 0.05: raise AssertionError(msg)
+    ref = out[torch.float32][0]
+    err = ((out[torch.float16][0] - ref).abs().max() / ref.abs().max()).item()   # relative to the sample's scale
+    msg = f'ddim finite for float32/16/bf16: {[v[1] for v in out.values()]}; fp16 vs fp32 max relative diff {err:.3g}; dtypes {[str(v[2]) for v in out.values()]}'
+    if not ok or err > 0.02: raise AssertionError(msg)
     return msg
 
 
