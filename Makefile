@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test bench data export clean
+.PHONY: demo test bench data export lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ export: $(VENV)/.dev-installed
 	@git diff --exit-code --stat -- miniai || \
 	  (echo "miniai/ differs from the last commit: commit the exported package"; [ -z "$$CI" ] || exit 1)
 
+# pyflakes rules (pyproject's [tool.ruff.lint]) over the package, the tests and the benchmarks
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check miniai tests bench $(wildcard tools)
+
 test: export OMP_NUM_THREADS = 1
-test: data $(VENV)/.dev-installed export
+test: data $(VENV)/.dev-installed export lint
 	@$(BIN)/python -c "from miniai.datasets import load_fashion_mnist as l; d = l(); print('Fashion-MNIST:', {k: len(v) for k, v in d.items()})"
 	@$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests 2>&1 | tee $(VENV)/.pytest.log; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status

@@ -27,7 +27,6 @@ Smoke test (seconds): .venv/bin/python bench/diffusion_ablation.py --smoke
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 

@@ -13,9 +13,8 @@ import random
 from functools import partial
 
 import torch
-from torch import nn
+from .learner import Callback
 
-from .learner import Callback, to_cpu
 
 # %% ../nbs/10_activations.ipynb #29356ffc
 def set_seed(seed, deterministic=False):

@@ -9,7 +9,6 @@ __all__ = ['summary', 'rand_crop_flip', 'RandCropFlip', 'tfm_batch', 'rand_erase
            'show_image_batch', 'CapturePreds', 'capture_preds', 'hflip', 'tta_preds']
 
 # %% ../nbs/14_augment.ipynb #74669777
-import math
 from functools import partial
 
 import torch

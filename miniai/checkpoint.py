@@ -8,7 +8,6 @@ Docs: https://miniai-dev.github.io/miniai/checkpoint.html.md"""
 __all__ = ['save_checkpoint', 'read_checkpoint', 'check_checkpoint', 'apply_checkpoint', 'load_checkpoint', 'CheckpointCB']
 
 # %% ../nbs/09b_checkpoint.ipynb #23d3511c
-import os
 import random
 from functools import partial
 from pathlib import Path

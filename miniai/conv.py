@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 # %% ../nbs/07_convolutions.ipynb #20094e5c

@@ -233,7 +233,7 @@ def load_fashion_mnist(path=None, *, cache=None, hub=True, sample=True):
     root = Path(cache) if cache is not None else cache_dir()
     if path is not None: return _load_idx_folder(path, root)
     if os.environ.get('MINIAI_DATA'): return _load_idx_folder(os.environ['MINIAI_DATA'], root)
-    tried = [f'path argument (not given)', 'MINIAI_DATA (not set)']
+    tried = ['path argument (not given)', 'MINIAI_DATA (not set)']
     full = root/'fashion_mnist'/'full'
     if (dd := _read_cache(full)) is not None: return dd
     tried.append(f'cache {full} (empty)')

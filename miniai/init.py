@@ -10,7 +10,6 @@ __all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'get_model', 'init_wei
 
 # %% ../nbs/11_initializing.ipynb #0f911958
 import gc
-import math
 import sys
 import traceback
 

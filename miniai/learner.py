@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn, optim
+from torch import optim
 import torch.nn.functional as F
 
 from .utils import atomic_write

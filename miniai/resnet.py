@@ -10,7 +10,6 @@ __all__ = ['act_gr', 'ResBlock', 'get_resnet', 'GlobalAvgPool', 'get_resnet_gap'
 # %% ../nbs/13_resnet.ipynb #a1a05223
 from functools import partial
 
-import torch
 from torch import nn
 
 from .conv import conv

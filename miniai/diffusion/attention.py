@@ -9,7 +9,6 @@ __all__ = ['SelfAttention', 'SelfAttention2D']
 
 # %% ../../nbs/25_attention.ipynb #4beab448
 import math
-import torch
 from torch import nn
 
 # %% ../../nbs/25_attention.ipynb #10d7edf4

@@ -8,7 +8,6 @@ Docs: https://miniai-dev.github.io/miniai/cosine.html.md"""
 __all__ = ['NoiseLevelCB', 'noise_level_model', 'PredictedTimeModel']
 
 # %% ../../nbs/22_cosine.ipynb #89c0ca2d
-import torch
 from torch import nn
 from ..conv import conv
 from ..learner import Callback, DeviceCB

@@ -8,7 +8,6 @@ Docs: https://miniai-dev.github.io/miniai/ddpm_v2.html.md"""
 __all__ = ['DDPMCB']
 
 # %% ../../nbs/17_ddpm_v2.ipynb #e1a10d6c
-import torch
 from ..learner import Callback, DeviceCB
 from .ddpm import noisify
 from .schedules import as_schedule

@@ -8,7 +8,6 @@ Docs: https://miniai-dev.github.io/miniai/backprop.html.md"""
 __all__ = ['Module', 'Relu', 'Lin', 'Mse', 'Model']
 
 # %% ../../nbs/03_backprop.ipynb #fc02cc23
-import torch
 from torch import Tensor
 
 # %% ../../nbs/03_backprop.ipynb #1565ada2

@@ -35,7 +35,7 @@ def _check_float(a, fname):
 def matmul_loops(a, b):
     "Matrix product `a@b` with three nested Python loops over tensor elements (slow: for teaching)."
     _check_mm(a, b)
-    (ar, ac), (br, bc) = a.shape, b.shape
+    (ar, ac), (_, bc) = a.shape, b.shape
     c = torch.zeros(ar, bc, dtype=a.dtype, device=a.device)  # (ar, bc)
     for i in range(ar):
         for j in range(bc):
