@@ -318,6 +318,12 @@ def main():
         results[key]['rows'] = {}
         evaluate(final, net, a.final_rows.split(','), a, ie, sched, sig_data, deadline, log, results[key]['rows'])
         log()
+        conf = json.loads((out / 'fmnist_diffusion.json').read_text())   # the figures travel with the weights
+        conf['fid'] = {k: dict(sampler=v['label'], steps=v['steps'], model_evals=v['nfe'], fid=round(v['fid'], 3),
+                               fid_half_spread=round(v['fid_spread'], 3), kid=round(v['kid'], 5), n_samples=v['n'], seeds=v['seeds'])
+                       for k, v in results[key]['rows'].items()}
+        conf['fid_protocol'] = "miniai.fid.ImageEval on the shipped classifier's features, against the 10,000 test images; mean over the seeds"
+        atomic_write(out / 'fmnist_diffusion.json', json.dumps(conf, indent=2))
     print(f"\n{dev}; FID/KID vs 10,000 test images on the shipped classifier's features; reals FID {results['_reals']['fid']:.2f}\n")
     print(table(results))
     print(f'\ntotal {time.perf_counter() - t_start:.0f}s; results -> {out / "results.json"}')

@@ -1,4 +1,4 @@
-"""`make demo` / `miniai-demo`: Fashion-MNIST, an image grid, a small CNN trained with `fit`, then a ResNet through the `Learner` with the LR finder and activation statistics; everything lands in `demo_out/`.
+"""`make demo` / `miniai-demo`: Fashion-MNIST, an image grid, a small CNN trained with `fit`, then a ResNet through the `Learner` with the LR finder and activation statistics, a diffusion model trained for a minute next to one trained properly that ships with miniai; everything lands in `demo_out/`.
 
 Docs: https://miniai-dev.github.io/miniai/demo.html.md"""
 
@@ -19,7 +19,8 @@ from .utils import atomic_write
 from .training import fit
 
 # %% auto #0
-__all__ = ['demo_cnn', 'save_figure', 'train_resnet', 'train_diffusion', 'DeviceLoader', 'run_demo', 'main']
+__all__ = ['demo_cnn', 'save_figure', 'train_resnet', 'train_diffusion', 'pretrained_diffusion', 'DeviceLoader', 'run_demo',
+           'main']
 
 # %% ../nbs/90_demo.ipynb #f59196ee
 def demo_cnn(nfs=(8, 16, 32, 64), n_out=10, norm=nn.BatchNorm2d):
@@ -47,21 +48,24 @@ def _normalizer(xs):
     def _norm(b): return ((b[0] - m) / s, *b[1:])
     return _norm
 
-def train_resnet(dls, out, epochs=1, nfs=(8, 16, 32, 64, 128, 256), lr=None, device=def_device, progress=True):
+def train_resnet(dls, out, epochs=1, nfs=(8, 16, 32, 64, 128, 256), lr=None, device=def_device, progress=True, bf16=None):
     "LR finder, then one-cycle Adam training of `get_resnet(nfs)` with activation stats; plots go to `out`; returns metrics."
     from functools import partial
     import matplotlib.pyplot as plt
     from torch.optim.lr_scheduler import OneCycleLR
     from miniai.activations import ActivationStats
     from miniai.init import BatchTransformCB, init_weights
-    from miniai.learner import Accuracy, DeviceCB, MetricsCB, ProgressCB, TrainLearner, lr_find
+    from miniai.accel import MixedPrecision, fast_bf16
+    from miniai.learner import Accuracy, DeviceCB, MetricsCB, ProgressCB, Learner, TrainCB, lr_find
     from miniai.resnet import ResBlock, get_resnet
     from miniai.sgd import Adam, BatchSchedCB
     xb, _ = next(iter(dls.train))
     base = [DeviceCB(device), BatchTransformCB(_normalizer(xb))]
     model = get_resnet(nfs=tuple(nfs))
     model.apply(partial(init_weights, leaky=0.1))
-    learn = TrainLearner(model, dls, F.cross_entropy, cbs=base, opt_func=partial(Adam, wd=1e-5))
+    if bf16 is None: bf16 = fast_bf16(device)
+    step = MixedPrecision('bf16') if bf16 else TrainCB()
+    learn = Learner(model, dls, F.cross_entropy, cbs=base + [step], opt_func=partial(Adam, wd=1e-5))
     sugg = None
     if lr is None:
         sugg = lr_find(learn, max_mult=3).valley  # fastai's default suggestion
@@ -79,18 +83,19 @@ def train_resnet(dls, out, epochs=1, nfs=(8, 16, 32, 64, 128, 256), lr=None, dev
     save_figure(fig, Path(out)/'activation_stats.png')
     return dict(accuracy=float(metrics.all_metrics['accuracy'].compute()), loss=float(metrics.loss.compute()),
                 epochs=epochs, lr=lr, lr_find_suggestion=sugg, nfs=list(nfs), train_seconds=round(secs, 2),
-                params=sum(p.numel() for p in model.parameters()))
+                params=sum(p.numel() for p in model.parameters()), bf16=bool(bf16))
 
 # %% ../nbs/90_demo.ipynb #83a740b5
 def train_diffusion(dd, out, epochs=1, n_train=8192, nfs=(16, 32, 64), n_samples=256, steps=20, bs=32, lr=3e-3,
-                    n_real=None, device=def_device, progress=True, seed=42):
+                    n_real=None, device=def_device, progress=True, seed=42, bf16=None):
     "Train a small ε-prediction U-Net on `dd`, sample it with DPM++(2M), save `samples.png`, return FID/KID and timings."
     from functools import partial
     from torch.optim.lr_scheduler import OneCycleLR
     from miniai.datasets import TensorLoader, dataset_tensors
     from miniai.diffusion import DDPMCB, EmbUNetModel, EpsDenoiser, linear_sched, sample_dpmpp_2m, sigmas_karras
     from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
-    from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
+    from miniai.accel import MixedPrecision, fast_bf16
+    from miniai.learner import DeviceCB, MetricsCB, ProgressCB, Learner, TrainCB
     from miniai.sgd import Adam, BatchSchedCB
     xtr = fmnist_32(dataset_tensors(dd['train'])[0][:n_train])  # (N, 1, 32, 32) in [-1, 1]
     xte = fmnist_32(dataset_tensors(dd['test'])[0][:n_real])
@@ -104,7 +109,9 @@ def train_diffusion(dd, out, epochs=1, n_train=8192, nfs=(16, 32, 64), n_samples
     cbs = [DeviceCB(device), DDPMCB(sched, generator=torch.Generator().manual_seed(seed + 1)), MetricsCB(),
            BatchSchedCB(partial(OneCycleLR, max_lr=lr, total_steps=epochs*len(dls.train))),
            ProgressCB(notebook=None if progress else False)]
-    learn = TrainLearner(model, dls, F.mse_loss, cbs=cbs, opt_func=partial(Adam, eps=1e-5))
+    if bf16 is None: bf16 = fast_bf16(device)
+    cbs.append(MixedPrecision('bf16') if bf16 else TrainCB())
+    learn = Learner(model, dls, F.mse_loss, cbs=cbs, opt_func=partial(Adam, eps=1e-5))
     t = time.perf_counter()
     learn.fit(epochs, lr=lr)
     secs = time.perf_counter() - t
@@ -112,14 +119,45 @@ def train_diffusion(dd, out, epochs=1, n_train=8192, nfs=(16, 32, 64), n_samples
     sigmas = sigmas_karras(steps, float(den.sigma_min), float(den.sigma_max), device=device)
     x = torch.randn(n_samples, 1, 32, 32, generator=torch.Generator().manual_seed(seed + 2)).to(device) * sigmas[0]
     t = time.perf_counter()
-    samples = sample_dpmpp_2m(den, x, sigmas, progress=progress).clamp(-1, 1).float().cpu()
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        samples = sample_dpmpp_2m(den, x, sigmas, progress=progress).float().clamp(-1, 1).cpu()
     sample_secs = time.perf_counter() - t
     save_figure(show_images((samples[:64] + 1) / 2, ncols=8, imsize=0.9), Path(out)/'samples.png')
     ie = ImageEval(fmnist_classifier(head=False, device=device), DataLoaders([], TensorLoader(xte, no_y(xte), 512, tfm=None)))
     return dict(fid=round(ie.fid(samples), 3), kid=round(ie.kid(samples), 5), sampler='sample_dpmpp_2m', steps=steps,
                 n_samples=n_samples, n_real=len(xte), epochs=epochs, n_train=len(xtr), nfs=list(nfs),
                 train_seconds=round(secs, 2), samples_per_second=round(n_samples / sample_secs, 2),
-                params=sum(p.numel() for p in model.parameters()))
+                params=sum(p.numel() for p in model.parameters()), bf16=bool(bf16))
+
+# %% ../nbs/90_demo.ipynb #362f6d87
+def pretrained_diffusion(out, xte=None, n_grid=32, steps=10, fid_samples=0, device=def_device, bf16=None, seed=42, progress=False):
+    "Sample a grid from the Fashion-MNIST diffusion model shipped with miniai (DPM++ 2M, `steps` evaluations) into `samples_pretrained.png`; FID on `fid_samples` (needs `xte`)."
+    from miniai.accel import fast_bf16
+    from miniai.diffusion import sample_dpmpp_2m, sigmas_karras
+    from miniai.diffusion.edm import load_denoiser
+    if bf16 is None: bf16 = fast_bf16(device)
+    den = load_denoiser(device=device)
+    sigmas = sigmas_karras(steps, den.sigma_min, den.sigma_max, device=device)
+    g = torch.Generator().manual_seed(seed)
+    def draw(n):
+        x = torch.randn(n, 1, 32, 32, generator=g).to(device) * sigmas[0]
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            return sample_dpmpp_2m(den, x, sigmas, progress=progress).float().clamp(-1, 1).cpu()
+    t = time.perf_counter()
+    grid = draw(n_grid)
+    secs = time.perf_counter() - t
+    save_figure(show_images((grid + 1) / 2, ncols=8, imsize=0.9), Path(out)/'samples_pretrained.png')
+    conf = den.config
+    res = dict(model=conf['model'], params=sum(p.numel() for p in den.parameters()), recipe=conf['recipe'], steps=steps,
+               grid=n_grid, grid_seconds=round(secs, 2), bf16=bool(bf16), fid_reference=conf.get('fid'))
+    if fid_samples:
+        from miniai.fid import ImageEval, fmnist_classifier
+        from miniai.datasets import TensorLoader
+        if xte is None: raise ValueError("fid_samples needs the real test images xte")
+        samples = torch.cat([grid] + [draw(min(256, fid_samples - i)) for i in range(len(grid), fid_samples, 256)])[:fid_samples]
+        ie = ImageEval(fmnist_classifier(head=False, device=device), DataLoaders([], TensorLoader(xte, torch.zeros(len(xte)), 512, tfm=None)))
+        res.update(fid=round(ie.fid(samples), 3), kid=round(ie.kid(samples), 5), n_samples=len(samples))
+    return res
 
 # %% ../nbs/90_demo.ipynb #604a3b3a
 class DeviceLoader:
@@ -154,13 +192,16 @@ def _parser():
     p.add_argument('--diffusion-epochs', type=int, default=1, help='diffusion U-Net epochs; 0 skips that stage (default: 1)')
     p.add_argument('--diffusion-n-train', type=int, default=8192, help='training images for the U-Net, batch size 32 (default: 8192)')
     p.add_argument('--diffusion-samples', type=int, default=256, help='images sampled for the grid and FID/KID (default: 256)')
+    p.add_argument('--no-pretrained', action='store_true', help='skip the shipped diffusion model\'s sample grid')
+    p.add_argument('--pretrained-fid-samples', type=int, default=0, help='measure the shipped model\'s FID on N samples here (default: 0, report the benchmark\'s)')
+    p.add_argument('--no-bf16', action='store_true', help='train and sample in float32 even where bfloat16 autocast is fast')
     return p
 
 # %% ../nbs/90_demo.ipynb #d4321aa4
 def run_demo(out='demo_out', data=None, epochs=1, bs=256, lr=0.1, nfs=(8, 16, 32, 64), n_train=None,
              device=def_device, seed=42, progress=None, resnet_epochs=1, resnet_nfs=(4, 8, 16, 32, 64, 128), resnet_lr=None,
-             diffusion_epochs=1, diffusion_n_train=8192, diffusion_samples=256):
-    "Load Fashion-MNIST, save an image grid, train `demo_cnn` with `fit`; write everything to `out`; return the metrics."
+             diffusion_epochs=1, diffusion_n_train=8192, diffusion_samples=256, pretrained=True, pretrained_fid_samples=0, bf16=None):
+    "Load Fashion-MNIST, save an image grid, train `demo_cnn` with `fit`, a ResNet and a diffusion model with the Learner, sample the shipped diffusion model; write everything to `out`; return the metrics."
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
     if progress is None: progress = _interactive()
     out = Path(out)
@@ -186,17 +227,29 @@ def run_demo(out='demo_out', data=None, epochs=1, bs=256, lr=0.1, nfs=(8, 16, 32
     atomic_write(out/'metrics.json', json.dumps(metrics, indent=2))  # saved now: a later stage failing loses nothing
     print(f"CNN: test accuracy {acc:.4f} after {epochs} epoch(s) in {cnn['train_seconds']}s")
     if resnet_epochs:
-        res = train_resnet(dls, out, resnet_epochs, resnet_nfs, resnet_lr, device, progress)
+        res = train_resnet(dls, out, resnet_epochs, resnet_nfs, resnet_lr, device, progress, bf16=bf16)
         metrics.update(accuracy=max(cnn['accuracy'], res['accuracy']), resnet=res)
         atomic_write(out/'metrics.json', json.dumps(metrics, indent=2))
         print(f"ResNet: test accuracy {res['accuracy']:.4f} after {resnet_epochs} epoch(s) in {res['train_seconds']}s")
     if diffusion_epochs:
         dif = train_diffusion(dd, out, diffusion_epochs, diffusion_n_train, n_samples=diffusion_samples, device=device,
-                              progress=progress, seed=seed)
+                              progress=progress, seed=seed, bf16=bf16)
         metrics.update(fid=dif['fid'], kid=dif['kid'], diffusion=dif)
         atomic_write(out/'metrics.json', json.dumps(metrics, indent=2))
         print(f"diffusion: FID {dif['fid']:.2f}, KID {dif['kid']:.4f} ({dif['n_samples']} DPM++(2M) samples, {dif['steps']} steps); "
               f"grid -> {out/'samples.png'}")
+    if pretrained:
+        from miniai.datasets import dataset_tensors
+        from miniai.fid import fmnist_32
+        xte = fmnist_32(dataset_tensors(dd['test'])[0]) if pretrained_fid_samples else None
+        pre = pretrained_diffusion(out, xte, fid_samples=pretrained_fid_samples, device=device, bf16=bf16, seed=seed)
+        ref = (pre['fid_reference'] or {}).get('dpmpp2m10', {})
+        metrics.update(fid_pretrained=pre.get('fid', ref.get('fid')), diffusion_pretrained=pre)
+        atomic_write(out/'metrics.json', json.dumps(metrics, indent=2))
+        how = f"FID {pre['fid']:.2f} on {pre['n_samples']} samples here" if 'fid' in pre else \
+              f"FID {ref.get('fid')} (benchmark, {ref.get('n_samples')} samples)"
+        print(f"shipped diffusion model: {pre['grid']} samples in {pre['grid_seconds']}s ({pre['steps']} DPM++(2M) steps), {how}; "
+              f"grid -> {out/'samples_pretrained.png'}")
     print(f"metrics -> {out/'metrics.json'}")
     return metrics
 
@@ -211,4 +264,5 @@ def main(argv=None):
     import matplotlib
     if not os.environ.get('MPLBACKEND'): matplotlib.use('Agg')
     run_demo(a.out, a.data, a.epochs, a.bs, a.lr, a.nfs, a.n_train, a.device, a.seed, False if a.no_progress else None,
-             a.resnet_epochs, a.resnet_nfs, a.resnet_lr, a.diffusion_epochs, a.diffusion_n_train, a.diffusion_samples)
+             a.resnet_epochs, a.resnet_nfs, a.resnet_lr, a.diffusion_epochs, a.diffusion_n_train, a.diffusion_samples,
+             not a.no_pretrained, a.pretrained_fid_samples, False if a.no_bf16 else None)
