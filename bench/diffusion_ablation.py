@@ -37,7 +37,7 @@ from miniai.accel import MixedPrecision
 from miniai.datasets import DataLoaders, TensorLoader, DEBIAN_FMNIST, read_fmnist_split, load_fashion_mnist, dataset_tensors
 from miniai.diffusion import (EmbUNetModel, EpsDenoiser, KarrasDenoiser, ddim_sample, ddpm_sample, linear_sched, sample_dpmpp_2m,
                               sample_euler, sample_heun, sigmas_karras)
-from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma
+from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma, save_denoiser
 from miniai.diffusion.train import DDPMCB
 from miniai.ema import EMA
 from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
@@ -213,19 +213,12 @@ def evaluate(recipe, net, rows, a, ie, sched, sig_data, deadline, log, res):
         log()
 
 
-def save_weights(net, cfg, recipe, sig_data, out, extra):
-    "The network's weights as float16 safetensors and its config as JSON, in `out`."
-    from safetensors.torch import save_file
+def save_weights(net, recipe, sig_data, out, extra):
+    "The network's weights as float16 safetensors and its config as JSON, in `out` (`miniai.diffusion.edm.save_denoiser`)."
     unet = net.model if isinstance(net, LogSigmaCond) else net
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in unet.state_dict().items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out / 'fmnist_diffusion.safetensors'))
-    nfs, num_layers, attn_chans, attn_start = cfg
-    conf = dict(model='EmbUNetModel', in_channels=1, out_channels=1, nfs=list(nfs), num_layers=num_layers, attn_chans=attn_chans,
-                attn_start=attn_start, recipe=recipe, parameterisation='edm' if recipe.startswith('edm') else 'eps',
-                sig_data=sig_data, sigma_min=0.002, sigma_max=80., schedule='linear 1e-4..0.02, 1000 steps',
-                data='Fashion-MNIST padded to 32x32, in [-1, 1] (miniai.fid.fmnist_32)', **extra)
-    atomic_write(out / 'fmnist_diffusion.json', json.dumps(conf, indent=2))
+    save_denoiser(unet, out / 'fmnist_diffusion.safetensors', 'edm' if recipe.startswith('edm') else 'eps', sig_data,
+                  recipe=recipe, schedule='linear 1e-4..0.02, 1000 steps',
+                  data='Fashion-MNIST padded to 32x32, in [-1, 1] (miniai.fid.fmnist_32)', **extra)
 
 
 def table(results):
@@ -313,7 +306,8 @@ def main():
         key = f'final:{final}'
         results[key] = dict(kind='final', steps=steps, img_per_s=ips, train_seconds=a.final_seconds,
                             params=sum(p.numel() for p in net.parameters()), config=list(map(str, fcfg)))
-        save_weights(net, fcfg, final, sig_data, out, dict(train_seconds=a.final_seconds, steps=steps, device=dev))
+        out.mkdir(parents=True, exist_ok=True)
+        save_weights(net, final, sig_data, out, dict(train_seconds=a.final_seconds, steps=steps, device=dev))
         log()
         results[key]['rows'] = {}
         evaluate(final, net, a.final_rows.split(','), a, ie, sched, sig_data, deadline, log, results[key]['rows'])

@@ -101,6 +101,8 @@ class EmbUNetModel(nn.Module):
     def __init__(self, in_channels=3, out_channels=3, nfs=(224, 448, 672, 896), num_layers=1, attn_chans=8, attn_start=1):
         super().__init__()
         nfs = tuple(nfs)
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, nfs=list(nfs), num_layers=num_layers,
+                           attn_chans=attn_chans, attn_start=attn_start)   # the constructor's arguments, saved with the weights
         if len(nfs) < 1: raise ValueError("nfs must list at least one channel count")
         if attn_chans and any(nf % attn_chans for nf in nfs[attn_start:]): raise ValueError(f"attn_chans ({attn_chans}) must divide the channels {nfs[attn_start:]} of the levels with attention")
         self.nfs, self.n_temb = nfs, nfs[0]
