@@ -83,9 +83,13 @@ def on_config(config):
     config['nav'] = [o for o in nav if o]
     return config
 
+_api_of = {}   # lesson notebook name -> the modules it exports into
+
 def on_files(files, config):
     nbs_dir = Path(config['docs_dir'])
+    _api_of.clear()
     for name, mod in _modules():
+        for nb in _lessons_of(mod): _api_of.setdefault(nb, []).append(name)
         page = _api_page(name, mod, nbs_dir)
         files.append(File.generated(config, f'api/{name}.md', content=page))
     files.append(File.generated(config, 'assets/extra.css', abs_src_path=str(Path(__file__).with_name('extra.css'))))
@@ -127,7 +131,14 @@ def on_page_content(html, page, config, files):
         stack[-1]['children'].append(tok)
         stack.append(tok)
     page.toc = get_toc(root['children'])
-    return html
+    # under the title: the notebook itself (mkdocs-jupyter copies it beside the page) and the API pages it writes
+    root_rel = '../'*page.file.dest_uri.count('/')
+    nb = Path(page.file.src_uri).name
+    links = [f'Notebook: <a href="{nb}" download><code>{nb}</code></a>']
+    if mods := _api_of.get(nb):
+        links.append('API: ' + ', '.join(f'<a href="{root_rel}api/{m}.html"><code>{m}</code></a>' for m in mods))
+    bar = f'<p class="miniai-nb-links">{" · ".join(links)}</p>'
+    return re.sub(r'(</h1>)', lambda m: m.group(1) + bar, html, count=1)
 
 def on_post_page(output, page, config):
     if not page.file.src_uri.endswith('.ipynb'): return output
