@@ -132,7 +132,7 @@ def on_page_content(html, page, config, files):
         stack.append(tok)
     page.toc = get_toc(root['children'])
     # under the title: the notebook itself (mkdocs-jupyter copies it beside the page) and the API pages it writes
-    root_rel = '../'*page.file.dest_uri.count('/')
+    root_rel = _rel_root(page)
     nb = Path(page.file.src_uri).name
     links = [f'Notebook: <a href="{nb}" download><code>{nb}</code></a>']
     if mods := _api_of.get(nb):
