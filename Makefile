@@ -23,6 +23,11 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
 	touch $@ $(VENV)/.installed
 
+# plus the documentation toolchain (MkDocs + Material, mkdocstrings, mkdocs-jupyter: see mkdocs.yml)
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@ $(VENV)/.installed
+
 # Fashion-MNIST from Debian when we are root and it is missing; otherwise miniai finds another source
 data:
 	@if [ ! -d $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -54,6 +59,19 @@ test: data $(VENV)/.dev-installed export lint
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	@$(BIN)/python tests/summary.py $(VENV)/.pytest.log | tee $(VENV)/.summary
+
+# the site in _site/: the lessons with their committed outputs (not re-executed) and one API page per module, made
+# from the package at build time (docs/hooks.py); the build reads no network. `make docs-serve` browses it with search.
+.PHONY: docs docs-serve
+DOCS_PORT ?= 8000
+docs: export NO_MKDOCS_2_WARNING = 1
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m mkdocs build --strict --clean
+	@echo "_site/: $$(find _site -type f | wc -l) files, $$(du -sh _site | cut -f1); browse it with: make docs-serve"
+
+docs-serve: export NO_MKDOCS_2_WARNING = 1
+docs-serve: $(VENV)/.docs-installed
+	$(BIN)/python -m mkdocs serve --strict -a 127.0.0.1:$(DOCS_PORT)
 
 bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py
