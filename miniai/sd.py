@@ -10,7 +10,7 @@ __all__ = ['QuickGELU', 'Timesteps', 'TimestepEmbedding', 'Attention', 'GEGLU', 
            'UpBlock2D', 'UNet2DConditionModel', 'CLIPTextEmbeddings', 'CLIPAttention', 'CLIPMLP', 'CLIPEncoderLayer',
            'CLIPEncoder', 'CLIPTextModel', 'sd15_configs', 'to_pil', 'StableDiffusion']
 
-# %% ../nbs/32_sd.ipynb #85b2d451
+# %% ../nbs/32_sd.ipynb #34d13b19
 import json
 import math
 from pathlib import Path
@@ -27,7 +27,7 @@ from .diffusion.ddim import ddim_sample
 from .diffusion.karras import (EpsDenoiser, sigmas_karras, sample_euler, sample_euler_ancestral, sample_heun, sample_lms,
                                      sample_dpmpp_2m)
 
-# %% ../nbs/32_sd.ipynb #7d6aa34b
+# %% ../nbs/32_sd.ipynb #f0881837
 _ACTS = {'silu': nn.SiLU, 'swish': nn.SiLU, 'gelu': nn.GELU}
 def _act(name, what):
     "The activation module for a diffusers/transformers activation name."
@@ -39,7 +39,7 @@ class QuickGELU(nn.Module):
     "The sigmoid approximation of GELU that CLIP was trained with: x * sigmoid(1.702 x) (Hendrycks & Gimpel 2016, section 2)."
     def forward(self, x): return x * torch.sigmoid(1.702 * x)
 
-# %% ../nbs/32_sd.ipynb #6da9ed57
+# %% ../nbs/32_sd.ipynb #3e734f4b
 class Timesteps(nn.Module):
     "Sinusoidal embedding (B,) -> (B, num_channels) of (possibly fractional) timesteps, as Stable Diffusion was trained with (Ho et al. 2020, Vaswani et al. 2017)."
     def __init__(self, num_channels, flip_sin_to_cos=True, downscale_freq_shift=0., max_period=10000):
@@ -62,7 +62,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
     def forward(self, x): return self.linear_2(self.act(self.linear_1(x)))
 
-# %% ../nbs/32_sd.ipynb #ef9d4de6
+# %% ../nbs/32_sd.ipynb #c1dbaa35
 class Attention(nn.Module):
     "Multi-head attention (Vaswani et al. 2017) of x's queries over `context`'s keys and values (self-attention when context is None), with `F.scaled_dot_product_attention`; diffusers' names."
     def __init__(self, query_dim, heads, dim_head, cross_attention_dim=None, dropout=0.):
@@ -141,7 +141,7 @@ class Transformer2DModel(nn.Module):
         else: h = self.proj_out(h.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous())
         return h + x
 
-# %% ../nbs/32_sd.ipynb #46271fd9
+# %% ../nbs/32_sd.ipynb #56a2e0ad
 class CrossAttnDownBlock2D(nn.Module):
     "`num_layers` pairs of (ResnetBlock2D, Transformer2DModel), then an optional Downsample2D; returns the output and every intermediate state for the skips."
     def __init__(self, in_channels, out_channels, temb_channels, num_layers, heads, cross_attention_dim, transformer_layers=1,
@@ -230,7 +230,7 @@ class UpBlock2D(nn.Module):
         for res, skip in zip(self.resnets, reversed(skips)): x = res(torch.cat([x, skip], dim=1), temb)
         return x if self.upsamplers is None else self.upsamplers[0](x, upsample_size)
 
-# %% ../nbs/32_sd.ipynb #8eaef74c
+# %% ../nbs/32_sd.ipynb #54447c75
 _UNET_ONLY_DEFAULT = dict(only_cross_attention=False, reverse_transformer_layers_per_block=None, encoder_hid_dim=None,
     encoder_hid_dim_type=None, num_attention_heads=None, dual_cross_attention=False, class_embed_type=None, addition_embed_type=None,
     addition_time_embed_dim=None, num_class_embeds=None, resnet_time_scale_shift='default', resnet_skip_time_act=False,
@@ -368,7 +368,7 @@ class UNet2DConditionModel(nn.Module):
             x = blk(x, outs, emb, ctx, size)
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
-# %% ../nbs/32_sd.ipynb #5dca35de
+# %% ../nbs/32_sd.ipynb #d91144e5
 class CLIPTextEmbeddings(nn.Module):
     "Token embedding plus learned absolute position embedding."
     def __init__(self, vocab_size, hidden_size, max_position_embeddings):
@@ -456,7 +456,7 @@ class CLIPTextModel(nn.Module):
         key_mask = None if attention_mask is None else attention_mask.to(device=input_ids.device).bool()
         return self.final_layer_norm(self.encoder(self.embeddings(input_ids), key_mask))
 
-# %% ../nbs/32_sd.ipynb #d48b5f65
+# %% ../nbs/32_sd.ipynb #4fc3aa9c
 def sd15_configs():
     "The component configs of Stable Diffusion v1.5 in the diffusers layout (`unet`, `vae`, `text_encoder`, `scheduler`) and the tokenizer's `model_max_length`."
     return dict(
@@ -473,7 +473,7 @@ def sd15_configs():
                        num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False),
         model_max_length=77)
 
-# %% ../nbs/32_sd.ipynb #c5852978
+# %% ../nbs/32_sd.ipynb #fc07e5ae
 _COMPONENTS = {'unet': ('diffusers', 'UNet2DConditionModel', 'config.json'), 'vae': ('diffusers', 'AutoencoderKL', 'config.json'),
                'text_encoder': ('transformers', 'CLIPTextModel', 'config.json'), 'tokenizer': ('transformers', 'CLIPTokenizer', None),
                'scheduler': ('diffusers', None, 'scheduler_config.json')}
@@ -547,7 +547,7 @@ def _ddim_timesteps(steps, n_train, spacing='leading', offset=0):
     else: ts = np.linspace(0, n_train - 1, steps).round()[::-1].astype(np.int64)
     return ts.tolist()
 
-# %% ../nbs/32_sd.ipynb #890e6729
+# %% ../nbs/32_sd.ipynb #9179ff32
 _KARRAS = {'euler': sample_euler, 'euler_ancestral': sample_euler_ancestral, 'heun': sample_heun, 'lms': sample_lms, 'dpmpp_2m': sample_dpmpp_2m}
 _SAMPLERS = ('ddim',) + tuple(_KARRAS)
 
