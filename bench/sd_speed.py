@@ -23,7 +23,7 @@ Usage: python bench/sd_speed.py [--device cpu|cuda] [--height 256] [--dtype floa
   (both U-Nets in the timing process).
   GPU: python bench/sd_speed.py --device cuda --height 512 --dtype float16 --steps 10
 """
-import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, zlib
+import argparse, json, re, statistics, subprocess, sys, tempfile, time, zlib
 from pathlib import Path
 
 import torch

@@ -11,7 +11,7 @@ import functools, http.server, importlib.util, json, os, re, shutil, subprocess,
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.error import HTTPError
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import urldefrag, urljoin
 from urllib.request import urlopen
 
 import pytest

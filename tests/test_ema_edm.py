@@ -1,6 +1,5 @@
 "Tests for miniai.ema (EMA callback), miniai.diffusion.edm (EDM training pieces, the shipped model) and accel.fast_bf16."
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from miniai.callback import Callback, CancelFitException
+from miniai.callback import Callback
 from miniai.diffusion import EmbUNetModel, scalings, sigmas_karras, sample_dpmpp_2m
 from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma, load_denoiser, save_denoiser, FMNIST_DIFFUSION
 from miniai.ema import EMA
