@@ -31,8 +31,9 @@ Getting the inputs on an offline machine (nothing from the course is copied into
 
 What is done to each notebook (the notebook's cells are never edited, added or skipped):
   1. It is copied into a scratch folder (`--workdir`, default a new temp folder) outside any repository and with no
-     `miniai` folder beside it, so `import miniai` can only find ours; `data/mnist.pkl.gz` is placed in that folder,
-     where the notebooks' own `if not path_gz.exists(): urlretrieve(...)` finds it and skips the download.
+     `miniai` folder beside it, so `import miniai` can only find ours, together with the course's `images/` folder
+     (07 reads images/grizzly.jpg); `data/mnist.pkl.gz` is placed in that folder, where the notebooks' own
+     `if not path_gz.exists(): urlretrieve(...)` finds it and skips the download.
   2. A child process (`python tools/course_nbs.py --child ...`) is started with PYTHONPATH = this repository first
      (then `--extra-path`), MPLBACKEND=Agg, OMP_NUM_THREADS=--threads, HF_HUB_OFFLINE=HF_DATASETS_OFFLINE=1. It
      refuses to run (status SETUP) unless `miniai` resolves to this repository's package.
@@ -48,8 +49,10 @@ What is done to each notebook (the notebook's cells are never edited, added or s
      - `torch.set_num_threads(--threads)`.
   4. Every code cell runs in order in an `execnb.shell.CaptureShell` (in-process IPython, no Jupyter kernel; magics
      such as `%timeit` and `!ls` work), with matplotlib's inline backend as in Jupyter. The shell's class is named
-     `ZMQInteractiveShell`, like the Jupyter kernel's, so that code asking "am I in a notebook?" (fastprogress's
-     `IN_NOTEBOOK`, miniai's `ProgressCB`) takes the notebook path a student gets; `--console` runs a plain shell.
+     `ZMQInteractiveShell`, like the Jupyter kernel's, and fastcore's `IN_NOTEBOOK` flags are recomputed once it
+     exists, so that code asking "am I in a notebook?" (fastprogress's `master_bar`, miniai's `ProgressCB`) takes the
+     notebook path a student gets (in a console, fastprogress's `ConsoleMasterBar.write` fails on the int epoch the
+     course's own ProgressCB writes); `--console` runs a plain shell instead.
 
 Threads: --threads defaults to 1. With 2, notebook 04's `mp.Pool` cell (code cell 101) hangs for ever: the workers
 it forks after torch has used its OpenMP thread pool wait on a lock (GNU OpenMP is not fork-safe); one thread avoids
@@ -148,10 +151,14 @@ def _git(*args):
 # ----------------------------------------------------------------------------------------------------------------
 # running one notebook (parent side)
 
+RESOURCE_DIRS = ('images',)  # folders beside the course's notebooks that cells read (07: images/grizzly.jpg)
+
 def run_one(nb, workdir, args):
     "Run notebook `nb` in a child process inside `workdir`; return its result dict."
     dest = workdir/nb.name
     shutil.copyfile(nb, dest)
+    for d in RESOURCE_DIRS:
+        if (nb.parent/d).is_dir() and not (workdir/d).exists(): shutil.copytree(nb.parent/d, workdir/d)
     res_f, log_f = workdir/'logs'/f'{nb.stem}.json', workdir/'logs'/f'{nb.stem}.txt'
     for f in (res_f, log_f): f.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -355,6 +362,15 @@ def child(args):
         class ZMQInteractiveShell(CaptureShell):
             "execnb's shell under the class name of Jupyter's kernel shell, which is what notebook detection looks for."
         sh = ZMQInteractiveShell(mpl_format='png')
+        # fastcore (imported above by execnb, before any shell existed) decided IN_NOTEBOOK=False at import; in a Jupyter
+        # kernel it is imported after the shell starts. Recompute its flags now, where they were star-imported too
+        # (fastprogress picks its notebook bars from fastcore.utils.IN_NOTEBOOK when the notebook imports it).
+        import fastcore.imports as fci
+        with sh.builtin_trap:  # `get_ipython` is a builtin while a cell runs, which is when Jupyter imports fastcore
+            flags = dict(IN_IPYTHON=fci.in_ipython(), IN_JUPYTER=fci.in_jupyter(), IN_NOTEBOOK=fci.in_notebook())
+        for m in [m for n, m in list(sys.modules.items()) if n.split('.')[0] in ('fastcore', 'execnb')]:
+            for k, v in flags.items():
+                if hasattr(m, k): setattr(m, k, v)
     # 3. environment patches
     import torch
     torch.set_num_threads(args.threads)
@@ -401,6 +417,8 @@ def child(args):
     res['after_gpu'] = sum(x['kind'] == 'AFTER_GPU' for x in errs)
     import IPython
     res['shell'] = type(IPython.get_ipython()).__name__
+    fp = sys.modules.get('fastprogress.fastprogress')
+    if fp is not None: res['fastprogress_bar'] = fp.master_bar.__name__
     res['miniai_modules'] = sorted(m for m in sys.modules if m == 'miniai' or m.startswith('miniai.'))
     res['current'], res['child_seconds'] = None, time.time() - t0
     save(); save_nb(); log.close()
