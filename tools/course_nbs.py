@@ -13,12 +13,14 @@ One command (after getting the inputs, see below):
         --mnist /tmp/mh/mnist.pkl.gz --subsample 0.05 --subsample-nb 14=0.01 --extra-path /tmp/course_extra \\
         --md /tmp/course_nbs.md
 
-(about 30 minutes on a busy 2-core CPU; tools/course_nbs_baseline.md has the table it gave on the original code.)
+(on a busy 2-core CPU: about 25 minutes where 14 stops at cell 28, as on the original code, about 50 where all pass;
+tools/course_nbs_baseline.md has the table it gave on the original code.)
 
 Arguments: the course's `nbs` folder; `--nbs 01 02 10-14` picks notebooks by number (default 01-14; every file
 `NN_*.ipynb` with that number runs); `--subsample F` keeps a deterministic fraction F of Fashion-MNIST's train and
 test splits (default 1 = all 70,000 images; 0.05 keeps 3,000 + 500), and `--subsample-nb 14=0.01` a different one for
-one notebook (14 trains resnets for 145 epochs in all: 0.01 keeps that to about ten minutes); `--timeout` seconds per
+one notebook (14 trains resnets for 145 epochs in all: even at 0.01 it takes about 28 minutes on a busy 2-core CPU
+once it runs through, most of it in DataLoader workers forked every epoch); `--timeout` seconds per
 notebook; `--threads` torch/OpenMP threads; `--cpu` hides CUDA from the notebooks; `--workdir` where they run;
 `--extra-path DIR` adds a folder of extra third-party packages after this repository on the path (e.g. `timm` or
 `ipywidgets` installed with `pip install --target DIR`, to keep them out of a shared venv); `--md FILE` also writes the
