@@ -10,7 +10,6 @@ __all__ = ['FMNIST_VAE', 'VAE', 'kld_loss', 'bce_loss', 'vae_loss', 'FuncMetric'
 # %% ../nbs/29_vae.ipynb #85644869
 import json
 import math
-from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
