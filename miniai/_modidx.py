@@ -157,6 +157,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'miniai.consistency.ct_ema_decay': ('consistency.html#ct_ema_decay', 'miniai/consistency.py'),
                                     'miniai.consistency.ct_num_steps': ('consistency.html#ct_num_steps', 'miniai/consistency.py'),
                                     'miniai.consistency.ct_sigmas': ('consistency.html#ct_sigmas', 'miniai/consistency.py'),
+                                    'miniai.consistency.pseudo_huber': ('consistency.html#pseudo_huber', 'miniai/consistency.py'),
                                     'miniai.consistency.sample_consistency': ( 'consistency.html#sample_consistency',
                                                                                'miniai/consistency.py')},
             'miniai.conv': { 'miniai.conv._out_size': ('convolutions.html#_out_size', 'miniai/conv.py'),

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['cm_scalings', 'ConsistencyModel', 'ct_num_steps', 'ct_ema_decay', 'ct_sigmas', 'ConsistencyTraining',
-           'ConsistencyDistillation', 'sample_consistency']
+           'ConsistencyDistillation', 'pseudo_huber', 'sample_consistency']
 
-# %% ../nbs/36_consistency.ipynb #58876bd2
+# %% ../nbs/36_consistency.ipynb #69bce9f4
 import math
 
 import torch
@@ -16,7 +16,7 @@ from .diffusion.core import _randn, _cdt
 from .diffusion.karras import sigmas_karras, _bcast, _view
 from .ema import EMA
 
-# %% ../nbs/36_consistency.ipynb #e6d5a1ef
+# %% ../nbs/36_consistency.ipynb #8c31a1f5
 def cm_scalings(sig, sig_data=0.5, sigma_min=0.002):
     "`c_skip, c_out, c_in` of a consistency model at noise level `sig` (Song et al. 2023, Appendix C): EDM's scalings shifted so that f(x, sigma_min) = x exactly."
     sig = torch.as_tensor(sig)
@@ -48,7 +48,7 @@ class ConsistencyModel(nn.Module):
             raise ValueError(f"net returned {getattr(out, 'shape', type(out).__name__)}, expected the shape of x {tuple(x.shape)}")
         return (xc * c_skip + out.to(cdt) * c_out).to(x.dtype)
 
-# %% ../nbs/36_consistency.ipynb #272b09f6
+# %% ../nbs/36_consistency.ipynb #c5e1d54a
 def ct_num_steps(k, total_steps, s0=2, s1=150):
     "N(k), the number of discretisation levels at training step `k` of `total_steps` (Song et al. 2023, Appendix C): from `s0` at k=0 to `s1`+1 at the end."
     if isinstance(k, bool) or int(k) != k or not 0 <= k: raise ValueError(f"k must be a non-negative integer step, got {k!r}")
@@ -71,7 +71,7 @@ def ct_sigmas(n, sigma_min=0.002, sigma_max=80., rho=7.):
     s[0], s[-1] = sigma_min, sigma_max   # exactly: the boundary condition f(x, t_1) = x needs t_1 == sigma_min
     return s
 
-# %% ../nbs/36_consistency.ipynb #dba8450d
+# %% ../nbs/36_consistency.ipynb #155ea033
 class ConsistencyTraining(EMA):
     "Consistency training (Song et al. 2023, Algorithm 3): batches become ((x0 + t_{n+1} z, t_{n+1}), f_target(x0 + t_n z, t_n)); `ema_model` is the target network, its decay μ(k) following N(k)."
     order = EMA.order
@@ -140,7 +140,16 @@ class ConsistencyDistillation(ConsistencyTraining):
         d2 = (x_e - self.teacher(x_e, t_lo).to(x_hi.dtype)) / _view(t_lo, x0)
         return x_hi + dt * (d + d2) / 2
 
-# %% ../nbs/36_consistency.ipynb #1daca4f8
+# %% ../nbs/36_consistency.ipynb #10db8c3e
+def pseudo_huber(preds, target, c=None):
+    "Mean over the batch of sqrt(||preds - target||² + c²) - c per item (Song & Dhariwal 2023); default c = 0.00054 √d for items of d values."
+    if preds.shape != target.shape: raise ValueError(f"preds and target differ in shape: {tuple(preds.shape)} and {tuple(target.shape)}")
+    d = preds[0].numel()
+    c = 0.00054 * math.sqrt(d) if c is None else c
+    sq = (preds.float() - target.float()).pow(2).flatten(1).sum(1)   # (B,)
+    return ((sq + c * c).sqrt() - c).mean()
+
+# %% ../nbs/36_consistency.ipynb #fad808bb
 @torch.no_grad()
 def sample_consistency(model, x, sigmas, *, generator=None, noise_sampler=None, sigma_min=None, callback=None):
     "Multistep consistency sampling (Song et al. 2023, Algorithm 1): x = f(x, sigmas[0]); then for each later sigma, add noise up to it and map again; len(sigmas) model evaluations."

@@ -203,3 +203,14 @@ def test_sampling_one_step_is_one_call_and_uses_model_sigma_min():
     with torch.no_grad(): torch.testing.assert_close(sample_consistency(f, x, [80.]), f(x, 80.))
     with pytest.raises(ValueError, match='decreasing'): sample_consistency(f, x, [1., 2.])
     with pytest.raises(ValueError, match='sigma_min'): sample_consistency(f, x, [80., 0.001])
+
+
+def test_pseudo_huber():
+    from miniai.consistency import pseudo_huber
+    a, b = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    c = 0.00054 * 8
+    want = (((a - b)**2).sum((1, 2, 3)) + c**2).sqrt().sub(c).mean()
+    torch.testing.assert_close(pseudo_huber(a, b).double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pseudo_huber(a, b, c=0.).double(), (a - b).flatten(1).norm(dim=1).mean(), rtol=1e-6, atol=1e-6)
+    assert float(pseudo_huber(a, a)) == 0.
+    with pytest.raises(ValueError, match='shape'): pseudo_huber(a, b[:2])
