@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from miniai.fid import fmnist_classifier_model
 from miniai.superres import (sr_input, SuperResCB, psnr, ssim, PSNR, SSIM, SRUNet, sr_autoencoder, load_encoder, freeze_encoder,
