@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['sr_input', 'SuperResCB', 'psnr', 'ssim', 'PSNR', 'SSIM', 'SRUNet', 'sr_autoencoder', 'load_encoder', 'freeze_encoder',
-           'FeatureLoss', 'random_patches', 'skimage_photos']
+           'Features', 'FeatureLoss', 'random_patches', 'skimage_photos']
 
-# %% ../nbs/33b_superres.ipynb #85ce55bf
+# %% ../nbs/33b_superres.ipynb #c4e95cd7
 import math
 
 import torch
@@ -17,7 +17,7 @@ from .activations import Hooks
 from .learner import Callback, DeviceCB
 from .resnet import ResBlock, act_gr
 
-# %% ../nbs/33b_superres.ipynb #e06e08da
+# %% ../nbs/33b_superres.ipynb #772d9e1e
 def sr_input(x, factor=2):
     "The super-resolution input for images `x` (B, C, H, W): area-downscaled by `factor`, then bicubic-upscaled back to (H, W)."
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
@@ -36,7 +36,7 @@ class SuperResCB(Callback):
         x = b[0] if isinstance(b, (tuple, list)) else b
         learn.batch = (sr_input(x, self.factor), x)
 
-# %% ../nbs/33b_superres.ipynb #c6873d6c
+# %% ../nbs/33b_superres.ipynb #eb63c039
 def psnr(pred, target, data_range=2.):
     "Peak signal-to-noise ratio 10 log10(data_range² / MSE) of each image (B,): `pred`, `target` (B, C, H, W)."
     if pred.shape != target.shape: raise ValueError(f"pred and target differ in shape: {tuple(pred.shape)} and {tuple(target.shape)}")
@@ -83,7 +83,7 @@ class SSIM(_PerImage):
     "Metric: mean SSIM over images in [-1, 1] (see `ssim`)."
     f = staticmethod(ssim)
 
-# %% ../nbs/33b_superres.ipynb #0785d370
+# %% ../nbs/33b_superres.ipynb #4b613f29
 class SRUNet(nn.Module):
     "Super-resolution U-Net (course lesson 'superres'): the classifier-style encoder, an upsampling decoder, additive skips (optionally through `ResBlock`s), output = input + zero-initialised correction."
     def __init__(self, nfs=(8, 16, 32, 64, 128), n_in=1, n_out=1, skips=True, residual=True, cross_convs=False, act=act_gr, norm=nn.BatchNorm2d):
@@ -121,7 +121,7 @@ def sr_autoencoder(nfs=(8, 16, 32, 64, 128), n_in=1, n_out=1, **kwargs):
     "The course's denoising-autoencoder baseline: `SRUNet` without skip connections or the input residual."
     return SRUNet(nfs, n_in, n_out, skips=False, residual=False, **kwargs)
 
-# %% ../nbs/33b_superres.ipynb #a2ad1c5e
+# %% ../nbs/33b_superres.ipynb #9c58e875
 @torch.no_grad()
 def load_encoder(model, classifier):
     "Copy the first `len(model.encoder)` blocks of `classifier` (an `nn.Sequential` with the same layout, e.g. `fmnist_classifier()`) into `model.encoder`; returns model."
@@ -141,26 +141,31 @@ def freeze_encoder(model, frozen=True):
 
 def _store(hook, mod, inp, outp): hook.stored = outp
 
-class FeatureLoss:
-    "Perceptual loss (Johnson et al. 2016): `pixel_weight` × MSE plus Σ weights[i] × MSE of the activations of `layers` (indices into `model`'s children, or modules) of a frozen `model`."
-    def __init__(self, model, layers, weights=None, pixel_weight=1., base_loss=F.mse_loss):
+class Features:
+    "Call a frozen `model` (eval mode, no parameter gradients) on x and return the activations of `layers` (indices into its children, or modules), caught with forward `Hooks`."
+    def __init__(self, model, layers):
         mods = list(model.children())
         try: self.layers = [mods[i] if isinstance(i, int) else i for i in layers]
         except IndexError: raise ValueError(f"layer ids {list(layers)} out of range: the model has {len(mods)} children") from None
-        if not self.layers: raise ValueError("FeatureLoss needs at least one layer")
+        if not self.layers: raise ValueError("need at least one layer")
         if any(not isinstance(m, nn.Module) for m in self.layers): raise TypeError("layers must be indices of model's children or modules")
-        self.weights = [1.] * len(self.layers) if weights is None else list(weights)
-        if len(self.weights) != len(self.layers): raise ValueError(f"{len(self.weights)} weights for {len(self.layers)} layers")
         self.model = model.eval().requires_grad_(False)
-        self.pixel_weight, self.base_loss = pixel_weight, base_loss
         self.hooks = Hooks(self.layers, _store)
 
-    def features(self, x):
-        "The activations (a list, one per layer) of the frozen model on `x`."
+    def __call__(self, x):
         p = next(self.model.parameters(), None)
         if p is not None and p.device != x.device: self.model.to(x.device)
         self.model.eval()(x)
         return [h.stored for h in self.hooks]
+
+class FeatureLoss:
+    "Perceptual loss (Johnson et al. 2016): `pixel_weight` × MSE plus Σ weights[i] × MSE of the activations of `layers` (indices into `model`'s children, or modules) of a frozen `model`."
+    def __init__(self, model, layers, weights=None, pixel_weight=1., base_loss=F.mse_loss):
+        self.features = Features(model, layers)
+        n = len(self.features.layers)
+        self.weights = [1.] * n if weights is None else list(weights)
+        if len(self.weights) != n: raise ValueError(f"{len(self.weights)} weights for {n} layers")
+        self.pixel_weight, self.base_loss = pixel_weight, base_loss
 
     def __call__(self, preds, target):
         with torch.no_grad(): ft = [f.float() for f in self.features(target)]
@@ -169,7 +174,7 @@ class FeatureLoss:
         for w, a, b in zip(self.weights, fp, ft): loss = loss + w * self.base_loss(a.float(), b)
         return loss
 
-# %% ../nbs/33b_superres.ipynb #50871931
+# %% ../nbs/33b_superres.ipynb #f47cbfab
 def random_patches(images, size, n, generator=None):
     "`n` random `size`×`size` crops (n, C, size, size) from a list of images (C, H, W) (each crop from a randomly chosen image)."
     if not images: raise ValueError("images is empty")
