@@ -7,7 +7,7 @@ __all__ = ['VGG16_STYLE_LAYERS', 'VGG16_CONTENT_LAYERS', 'STYLE_FEATURES', 'STYL
            'ImageNetNorm', 'vgg16_features', 'style_feature_net', 'load_style_features', 'ContentLoss', 'StyleLoss',
            'ImageModel', 'dummy_dls', 'ImageOptCB', 'ImageLogCB']
 
-# %% ../nbs/34_style.ipynb #4a709b56
+# %% ../nbs/34_style.ipynb #67c52b44
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .datasets import DataLoaders
 from .learner import Callback, TrainCB
 from .superres import Features
 
-# %% ../nbs/34_style.ipynb #60f34ceb
+# %% ../nbs/34_style.ipynb #00db3245
 def gram_matrix(x):
     "Gram matrices (B, C, C) of feature maps x (B, C, H, W): channel co-activations averaged over the H*W positions (Gatys et al. 2015)."
     if x.ndim != 4: raise ValueError(f"x must be (B, C, H, W) feature maps, got {tuple(x.shape)}")
@@ -27,7 +27,7 @@ def gram_matrix(x):
     f = x.reshape(B, C, H * W)
     return f @ f.transpose(1, 2) / (H * W)
 
-# %% ../nbs/34_style.ipynb #c17d620a
+# %% ../nbs/34_style.ipynb #83ae72c2
 class ImageNetNorm(nn.Module):
     "Map images in [-1, 1] to ImageNet-normalised inputs ((x+1)/2 - mean) / std, as torchvision's pretrained networks expect."
     def __init__(self):
@@ -72,7 +72,7 @@ def load_style_features(path=None):
     m.load_state_dict(sd)
     return m.eval().requires_grad_(False)
 
-# %% ../nbs/34_style.ipynb #b19902c3
+# %% ../nbs/34_style.ipynb #13cce2c0
 class ContentLoss:
     "Σ weights[i] × MSE between the features of `layers` for the input and for the fixed `target` image(s) (Gatys et al. 2015)."
     def __init__(self, target, model, layers, weights=None):
@@ -94,7 +94,7 @@ class StyleLoss(ContentLoss):
     def prep(self, f): return gram_matrix(f.float()).detach()
     def prep_x(self, f): return gram_matrix(f.float())
 
-# %% ../nbs/34_style.ipynb #e5dce1e4
+# %% ../nbs/34_style.ipynb #0126dc94
 class ImageModel(nn.Module):
     "An image (1, C, H, W) as the trainable 'model': `forward(*args)` returns it (course lesson 16A's TensorModel)."
     def __init__(self, im):
