@@ -3,7 +3,8 @@
 Data: 32x32 images in [-1, 1] (`miniai.fid.fmnist_32`: 28x28 zero-padded); the input is the image area-downscaled to
 16x16 and bicubic-upscaled back (`miniai.superres.sr_input`). Every model has the encoder layout and widths of the
 shipped Fashion-MNIST classifier (`nfs` 8,16,32,64,128), is trained for `--epochs` on all 60,000 training images with
-AdamW and a one-cycle schedule (bs `--bs`, bf16 autocast where fast), and is measured on the 10,000 test images
+AdamW and a one-cycle schedule (bs `--bs`, bf16 autocast where fast; `--n-train N`: the first N images only), and is
+measured on the 10,000 test images
 (outputs clamped to [-1, 1]): MSE, PSNR (dB, range 2), SSIM (Gaussian 11x11, sigma 1.5).
 
 Rows (each changes one thing; "feature loss" = pixel MSE + 0.05 x MSE of the classifier's block 1-3 activations):
@@ -126,6 +127,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--epochs', type=int, default=3); p.add_argument('--bs', type=int, default=64); p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--datasets', default='fmnist,mnist'); p.add_argument('--rows', default='all', help='all, or indices into ROWS: 0,2,3')
+    p.add_argument('--n-train', type=int, default=0, help='first N training images only (0: all 60,000)')
     p.add_argument('--photos', action='store_true'); p.add_argument('--photo-steps', type=int, default=1500)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default='bench_out/superres'); p.add_argument('--seed', type=int, default=42)
@@ -147,6 +149,7 @@ def main():
             mn = load_mnist()
             xtr, xte = fmnist_32(mn['train'][0]), fmnist_32(mn['test'][0])
         else: p.error(f'unknown dataset {ds}')
+        if a.n_train: xtr = xtr[:a.n_train]
         if a.smoke: xtr, xte = xtr[:256], xte[:256]
         tab = res['tables'][ds] = {}
         for row in rows:
@@ -158,7 +161,7 @@ def main():
             log()
     if a.photos: photos(a, bf16, out, res); log()
     for ds, tab in res['tables'].items():
-        print(f'\n{ds}, 2x (16x16 -> 32x32), {len(xte) if a.smoke else "10,000"} test images, {a.epochs} epochs each\n')
+        print(f'\n{ds}, 2x (16x16 -> 32x32), {len(xte) if a.smoke else "10,000"} test images, {a.epochs} epochs of {len(xtr):,} images each\n')
         print('| model | MSE | PSNR (dB) | SSIM | training |\n|---|---|---|---|---|')
         for row, m in tab.items(): print(f"| {row} | {m['mse']:.5f} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['train_s'] / 60:.1f} min |")
 
