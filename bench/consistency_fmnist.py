@@ -35,7 +35,7 @@ from miniai.diffusion import EmbUNetModel, sample_dpmpp_2m, sigmas_karras
 from miniai.diffusion.edm import LogSigmaCond, load_denoiser
 from miniai.ema import EMA
 from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
-from miniai.learner import CancelFitException, Callback, Learner, TrainCB
+from miniai.learner import CancelFitException, Callback, DeviceCB, Learner, TrainCB
 from miniai.sgd import BatchSchedCB
 from miniai.utils import atomic_write
 
@@ -80,7 +80,7 @@ def make_model(a, teacher):
 
 def train(a, xtr, teacher, bf16):
     torch.manual_seed(a.seed)
-    model = make_model(a, teacher)
+    model = make_model(a, teacher).to(a.device)
     print(f'{a.mode}: {sum(p.numel() for p in model.parameters()):,} parameters, bf16 {bf16}', flush=True)
     g = torch.Generator().manual_seed(a.seed)
     dls = DataLoaders(TensorLoader(xtr, torch.zeros(len(xtr)), a.bs, shuffle=True, drop_last=True, generator=g, tfm=None), [])
@@ -91,9 +91,9 @@ def train(a, xtr, teacher, bf16):
     deadline = time.time() + a.minutes * 60
     K = a.steps
     if not K:   # calibrate: time a few steps of the same training on a throwaway copy
-        probe = make_model(a, teacher)
+        probe = make_model(a, teacher).to(a.device)
         cm = (ConsistencyDistillation(teacher, generator=gen) if teacher is not None else ConsistencyTraining(1000, generator=gen))
-        lp = Learner(probe, dls, loss, lr=1e-4, opt_func=opt, cbs=[cm, MixedPrecision('bf16') if bf16 else TrainCB()])
+        lp = Learner(probe, dls, loss, lr=1e-4, opt_func=opt, cbs=[DeviceCB(a.device), cm, MixedPrecision('bf16') if bf16 else TrainCB()])
         class Count(Callback):
             def before_fit(self, learn): self.n, self.t = 0, None
             def after_batch(self, learn):
@@ -116,7 +116,7 @@ def train(a, xtr, teacher, bf16):
             if cm.n >= K: raise CancelFitException()
     ll = LossLog()
     learn = Learner(model, dls, loss, lr=a.lr, opt_func=opt,
-                    cbs=[cm, ema, step_cb, BatchSchedCB(sched), Deadline(deadline), StopAtK(), ll])
+                    cbs=[DeviceCB(a.device), cm, ema, step_cb, BatchSchedCB(sched), Deadline(deadline), StopAtK(), ll])
     t = time.perf_counter()
     learn.fit(n_epochs, valid=False)
     dt = time.perf_counter() - t
@@ -126,15 +126,15 @@ def train(a, xtr, teacher, bf16):
 
 
 @torch.no_grad()
-def draw(model, sigmas, n, bs, seed, consistency=True):
+def draw(model, sigmas, n, bs, seed, consistency=True, device='cpu'):
     "n samples from the same starting noise (seed) for every row; fresh noise from seed+1."
     g, gs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     out = []
     for i in range(0, n, bs):
-        x = torch.randn(min(bs, n - i), 1, 32, 32, generator=g) * float(sigmas[0])
+        x = (torch.randn(min(bs, n - i), 1, 32, 32, generator=g) * float(sigmas[0])).to(device)
         if consistency: y = sample_consistency(model, x, sigmas, generator=gs, sigma_min=0.002)
         else: y = sample_dpmpp_2m(model, x, sigmas)
-        out.append(y.clamp(-1, 1).float())
+        out.append(y.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 
 
@@ -158,32 +158,34 @@ def main():
     p.add_argument('--eval-only', action='store_true')
     p.add_argument('--out', default='bench_out/consistency')
     p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--device', default='cpu', help='cpu or cuda (with a GPU: --device cuda --threads 0)')
     p.add_argument('--threads', type=int, default=1, help='torch threads (1: on a CPU shared with other jobs, more threads are much slower)')
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads: torch.set_num_threads(a.threads)
     if a.smoke: a.minutes, a.steps, a.nfs, a.bs, a.n_samples, a.sample_bs, a.tau_grid = 2., 6, '8,16', 32, 64, 64, '0.6,2'
     out = Path(a.out + ('_smoke' if a.smoke else '')); out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    bf16 = fast_bf16('cpu')
+    bf16 = fast_bf16(a.device)
     dd = load_fashion_mnist()
     (xtr, _), (xte, yte) = dataset_tensors(dd['train']), dataset_tensors(dd['test'])
     xtr, xte = fmnist_32(xtr), fmnist_32(xte)
     if a.smoke: xtr, xte, yte = xtr[:512], xte[:1000], yte[:1000]
-    teacher = load_denoiser() if a.mode == 'cd' or a.baseline else None
+    teacher = load_denoiser(device=a.device) if a.mode == 'cd' or a.baseline else None
     res = dict(args=vars(a), torch=torch.__version__, threads=torch.get_num_threads())
     def log(): atomic_write(out / 'results.json', json.dumps(res, indent=2))
     from safetensors.torch import save_file, load_file
     if a.eval_only:
         model = make_model(a, teacher if a.mode == 'cd' else None)
         model.load_state_dict(load_file(str(out / 'model.safetensors')))
-        model.eval()
+        model.to(a.device).eval()
     else:
         model, info = train(a, xtr, teacher if a.mode == 'cd' else None, bf16)
         res['train'] = info
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / 'model.safetensors'))
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(out / 'model.safetensors'))
         log()
     ie = ImageEval(fmnist_classifier(head=False), DataLoaders([], TensorLoader(xte, yte, 1000, tfm=None)), check_range=not a.smoke)
+    dr = lambda *args, **kw: draw(*args, device=a.device, **kw)
     reals = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(a.seed))[:a.n_samples]]
     res['reals'] = dict(fid=ie.fid(reals), kid=ie.kid(reals))
     print(f"reals (floor): FID {res['reals']['fid']:.2f} KID {res['reals']['kid']:.4f}", flush=True)
@@ -192,7 +194,7 @@ def main():
     # 2 evaluations: pick tau by KID on 512 samples (a different noise seed from the final rows)
     grid = {}
     for tau in (float(v) for v in a.tau_grid.split(',')):
-        s = draw(net, [80., tau], min(512, a.n_samples), a.sample_bs, a.seed + 7)
+        s = dr(net, [80., tau], min(512, a.n_samples), a.sample_bs, a.seed + 7)
         grid[tau] = ie.kid(s)
         print(f'  tau {tau}: KID(512) {grid[tau]:.4f}', flush=True)
     tau = min(grid, key=grid.get)
@@ -201,7 +203,7 @@ def main():
     res['rows'] = {}
     for nfe, sig in rows.items():
         t = time.perf_counter()
-        s = draw(net, sig, a.n_samples, a.sample_bs, a.seed + 1000)
+        s = dr(net, sig, a.n_samples, a.sample_bs, a.seed + 1000)
         dt = time.perf_counter() - t
         res['rows'][f'cm{nfe}'] = dict(evals=nfe, sigmas=sig, fid=ie.fid(s), kid=ie.kid(s), samples_per_s=a.n_samples / dt)
         print(f"consistency {a.mode}, {nfe} evals {sig}: FID {res['rows'][f'cm{nfe}']['fid']:.2f} KID {res['rows'][f'cm{nfe}']['kid']:.4f} "
@@ -215,7 +217,7 @@ def main():
     if a.baseline:
         den = Autocast(teacher, bf16)
         for nfe in (1, 2, 4):
-            s = draw(den, sigmas_karras(nfe, 0.002, 80.), a.n_samples, a.sample_bs, a.seed + 1000, consistency=False)
+            s = dr(den, sigmas_karras(nfe, 0.002, 80., device=a.device), a.n_samples, a.sample_bs, a.seed + 1000, consistency=False)
             res['rows'][f'dpmpp2m{nfe}'] = dict(evals=nfe, fid=ie.fid(s), kid=ie.kid(s))
             print(f"shipped diffusion model, DPM++ 2M {nfe} steps: FID {res['rows'][f'dpmpp2m{nfe}']['fid']:.2f}", flush=True)
             log()

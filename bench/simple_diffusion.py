@@ -29,7 +29,7 @@ from miniai.diffusion import EmbUNetModel, KarrasDenoiser, sample_dpmpp_2m, sigm
 from miniai.diffusion.edm import EDMCB, LogSigmaCond
 from miniai.ema import EMA
 from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
-from miniai.learner import Learner, TrainCB
+from miniai.learner import DeviceCB, Learner, TrainCB
 from miniai.transformer import SimpleDiffusionModel
 from miniai.utils import atomic_write
 from diffusion_ablation import TimedOneCycle   # bench/ is the script's folder, so its sibling imports
@@ -51,12 +51,12 @@ def models(a):
 
 def train(make, a, xtr, bf16):
     torch.manual_seed(a.seed)
-    net = LogSigmaCond(make())
+    net = LogSigmaCond(make()).to(a.device)
     dls = DataLoaders(TensorLoader(xtr, torch.zeros(len(xtr)), a.bs, shuffle=True, drop_last=True,
                                    generator=torch.Generator().manual_seed(a.seed), tfm=None), [])
     ema, timer = EMA(0.999), TimedOneCycle(a.minutes * 60, a.lr)
     learn = Learner(net, dls, F.mse_loss, lr=a.lr, opt_func=lambda ps, lr: torch.optim.AdamW(ps, lr=lr, eps=1e-5, weight_decay=0.),
-                    cbs=[EDMCB(a.sig_data, generator=torch.Generator().manual_seed(a.seed + 1)), ema, timer,
+                    cbs=[DeviceCB(a.device), EDMCB(a.sig_data, generator=torch.Generator().manual_seed(a.seed + 1)), ema, timer,
                          MixedPrecision('bf16') if bf16 else TrainCB()])
     t = time.perf_counter()
     learn.fit(10**6, valid=False)
@@ -64,12 +64,12 @@ def train(make, a, xtr, bf16):
 
 
 @torch.no_grad()
-def draw(den, n, bs, steps, seed):
+def draw(den, n, bs, steps, seed, device='cpu'):
     g, out = torch.Generator().manual_seed(seed), []
-    sig = sigmas_karras(steps, 0.002, 80.)
+    sig = sigmas_karras(steps, 0.002, 80., device=device)
     for i in range(0, n, bs):
-        x = torch.randn(min(bs, n - i), 1, 32, 32, generator=g) * 80.
-        out.append(sample_dpmpp_2m(den, x, sig).clamp(-1, 1))
+        x = (torch.randn(min(bs, n - i), 1, 32, 32, generator=g) * 80.).to(device)
+        out.append(sample_dpmpp_2m(den, x, sig).clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
@@ -82,15 +82,16 @@ def main():
     p.add_argument('--sig-data', type=float, default=0.66)
     p.add_argument('--steps', type=int, default=10); p.add_argument('--n-samples', type=int, default=2048)
     p.add_argument('--sample-bs', type=int, default=512)
+    p.add_argument('--device', default='cpu', help='cpu or cuda (with a GPU: --device cuda --threads 0)')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default='bench_out/simple_diffusion')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads: torch.set_num_threads(a.threads)
     if a.smoke: a.minutes, a.nfs, a.depth, a.bs, a.n_samples, a.sample_bs, a.steps = 0.1, '8,16,32', 1, 32, 64, 64, 3
     out = Path(a.out + ('_smoke' if a.smoke else '')); out.mkdir(parents=True, exist_ok=True)
-    bf16 = fast_bf16('cpu')
+    bf16 = fast_bf16(a.device)
     dd = load_fashion_mnist()
     (xtr, _), (xte, yte) = dataset_tensors(dd['train']), dataset_tensors(dd['test'])
     xtr, xte = fmnist_32(xtr), fmnist_32(xte)
@@ -102,7 +103,7 @@ def main():
         print(f'{name}: {n_par:,} parameters, training {a.minutes} min', flush=True)
         net, steps, secs = train(make, a, xtr, bf16)
         t = time.perf_counter()
-        s = draw(KarrasDenoiser(Autocast(net, bf16), a.sig_data), a.n_samples, a.sample_bs, a.steps, a.seed + 1000)
+        s = draw(KarrasDenoiser(Autocast(net, bf16), a.sig_data), a.n_samples, a.sample_bs, a.steps, a.seed + 1000, a.device)
         dt = time.perf_counter() - t
         r = dict(params=n_par, steps=steps, epochs=steps * a.bs / len(xtr), train_s=secs, fid=ie.fid(s), kid=ie.kid(s), samples_per_s=a.n_samples / dt)
         res['rows'][name] = r

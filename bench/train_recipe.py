@@ -77,8 +77,8 @@ def predict(model, x, a, stats, bs=1000):
     for v in views:
         ps = []
         for i in range(0, len(x), bs):
-            t = (v(x[i:i + bs]) - stats[0]) / stats[1]
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=a.bf16): ps.append(model(t).float().softmax(1))
+            t = (v(x[i:i + bs].to(a.device)) - stats[0]) / stats[1]
+            with torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.bf16): ps.append(model(t).float().softmax(1).cpu())
         outs.append(torch.cat(ps))
     return outs[0], torch.stack(outs).mean(0)
 
@@ -92,13 +92,14 @@ def main():
     p.add_argument('--ta', type=float, default=0.4, help='TrivialAugment strength (0: off)')
     p.add_argument('--pad', type=int, default=2); p.add_argument('--erase', type=float, default=0.2); p.add_argument('--ls', type=float, default=0.1)
     p.add_argument('--tta-shifts', type=int, default=1)
+    p.add_argument('--device', default='cpu', help='cpu or cuda (with a GPU: --device cuda --threads 0)')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--ckpt', default=''); p.add_argument('--out', default='bench_out/recipe'); p.add_argument('--seed', type=int, default=42)
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads: torch.set_num_threads(a.threads)
     if a.smoke: a.epochs, a.nfs, a.depths = 1, '8,16', '1,1'
-    a.bf16 = fast_bf16('cpu')
+    a.bf16 = fast_bf16(a.device)
     if a.data == 'fmnist':
         dd = load_fashion_mnist()
         (xtr, ytr), (xte, yte) = dataset_tensors(dd['train']), dataset_tensors(dd['test'])
@@ -115,7 +116,7 @@ def main():
     sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=a.epochs * len(dls.train))
     ckpt = a.ckpt or f'ckpt/recipe_{a.data}.pt'
     out = Path(a.out + ('_smoke' if a.smoke else '')); out.mkdir(parents=True, exist_ok=True)
-    cbs = [Augment(a, STATS[a.data], torch.Generator().manual_seed(a.seed + 1)), MixedPrecision('bf16') if a.bf16 else TrainCB(),
+    cbs = [DeviceCB(a.device), Augment(a, STATS[a.data], torch.Generator(a.device).manual_seed(a.seed + 1)), MixedPrecision('bf16') if a.bf16 else TrainCB(),
            MetricsCB(Accuracy()), ProgressCB(notebook=False), BatchSchedCB(sched), CheckpointCB(ckpt), Budget(a.minutes)]
     learn = Learner(model, dls, partial(F.cross_entropy, label_smoothing=a.ls), lr=a.lr,
                     opt_func=partial(torch.optim.AdamW, weight_decay=a.wd), cbs=cbs)
