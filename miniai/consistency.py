@@ -71,7 +71,7 @@ def ct_sigmas(n, sigma_min=0.002, sigma_max=80., rho=7.):
     s[0], s[-1] = sigma_min, sigma_max   # exactly: the boundary condition f(x, t_1) = x needs t_1 == sigma_min
     return s
 
-# %% ../nbs/36_consistency.ipynb #155ea033
+# %% ../nbs/36_consistency.ipynb #8f002e24
 class ConsistencyTraining(EMA):
     "Consistency training (Song et al. 2023, Algorithm 3): batches become ((x0 + t_{n+1} z, t_{n+1}), f_target(x0 + t_n z, t_n)); `ema_model` is the target network, its decay μ(k) following N(k)."
     order = EMA.order
@@ -119,7 +119,10 @@ class ConsistencyTraining(EMA):
         x0c = x0.to(z.dtype)
         x_hi = x0c + _view(t_hi, x0) * z
         x_lo = self.lower_point(x0c, x_hi, t_hi, t_lo, z)
-        target = self.ema_model(x_lo.to(x0.dtype), t_lo)
+        was = self.ema_model.training
+        self.ema_model.train(learn.model.training)   # the model's mode: BatchNorm on batch statistics while training
+        try: target = self.ema_model(x_lo.to(x0.dtype), t_lo)
+        finally: self.ema_model.train(was)
         learn.batch = ((x_hi.to(x0.dtype), t_hi), target.to(x0.dtype).detach())
 
 class ConsistencyDistillation(ConsistencyTraining):

@@ -214,3 +214,20 @@ def test_pseudo_huber():
     torch.testing.assert_close(pseudo_huber(a, b, c=0.).double(), (a - b).flatten(1).norm(dim=1).mean(), rtol=1e-6, atol=1e-6)
     assert float(pseudo_huber(a, a)) == 0.
     with pytest.raises(ValueError, match='shape'): pseudo_huber(a, b[:2])
+
+
+def test_target_runs_in_the_models_mode():
+    "With mu0=0 the target is the model itself without gradient, BatchNorm on batch statistics while training."
+    f = small_cm().train()
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    ct = ConsistencyTraining(total_steps=10, s0=5, s1=5, mu0=0., generator=torch.Generator().manual_seed(3))
+    learn = _learn(f, x0)
+    ct.before_fit(learn); ct.before_batch(learn)
+    (x_hi, t_hi), target = learn.batch
+    g = torch.Generator().manual_seed(3)
+    sig = ct_sigmas(5)
+    idx = torch.randint(0, 4, (6,), generator=g)
+    z = torch.randn(x0.shape, generator=g)
+    with torch.no_grad(): want = f(x0 + sig[idx].float()[:, None, None, None] * z, sig[idx].float())   # train mode
+    torch.testing.assert_close(target, want)
+    assert not ct.ema_model.training   # back in eval mode afterwards
