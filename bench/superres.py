@@ -38,7 +38,7 @@ from miniai.fid import fmnist_32, fmnist_classifier
 from miniai.learner import Callback, Learner, MetricsCB, TrainCB
 from miniai.mnist import load_mnist
 from miniai.sgd import BatchSchedCB
-from miniai.superres import (sr_input, SuperResCB, psnr, ssim, SRUNet, sr_autoencoder, load_encoder, freeze_encoder, FeatureLoss,
+from miniai.superres import (sr_input, SuperResCB, image_psnr, ssim, SRUNet, sr_autoencoder, load_encoder, freeze_encoder, FeatureLoss,
                              random_patches, skimage_photos)
 from miniai.utils import atomic_write
 
@@ -64,7 +64,7 @@ def measure(model, x, bs=500):
         inp = sr_input(t)
         out = inp if model is None else model.eval()(inp)
         out = out.float().clamp(-1, 1)
-        mse.append((out - t).pow(2).flatten(1).mean(1)); ps.append(psnr(out, t)); ss.append(ssim(out, t))
+        mse.append((out - t).pow(2).flatten(1).mean(1)); ps.append(image_psnr(out, t)); ss.append(ssim(out, t))
     return dict(mse=float(torch.cat(mse).mean()), psnr=float(torch.cat(ps).mean()), ssim=float(torch.cat(ss).mean()))
 
 
@@ -110,8 +110,8 @@ def photos(a, bf16, out, res):
     x = test[None]                                   # (1, 3, 400, 600)
     inp = sr_input(x)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): y = model.eval()(inp).float().clamp(-1, 1)
-    r = dict(train_s=secs, steps=a.photo_steps, bicubic=dict(psnr=float(psnr(inp.clamp(-1, 1), x)), ssim=float(ssim(inp.clamp(-1, 1), x))),
-             unet=dict(psnr=float(psnr(y, x)), ssim=float(ssim(y, x))))
+    r = dict(train_s=secs, steps=a.photo_steps, bicubic=dict(psnr=float(image_psnr(inp.clamp(-1, 1), x)), ssim=float(ssim(inp.clamp(-1, 1), x))),
+             unet=dict(psnr=float(image_psnr(y, x)), ssim=float(ssim(y, x))))
     res['photos'] = r
     print(f"photos (coffee, 400x600, 2x): bicubic PSNR {r['bicubic']['psnr']:.2f} SSIM {r['bicubic']['ssim']:.4f}; "
           f"U-Net PSNR {r['unet']['psnr']:.2f} SSIM {r['unet']['ssim']:.4f} ({secs / 60:.1f} min training)", flush=True)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from miniai.fid import fmnist_classifier_model
-from miniai.superres import (sr_input, SuperResCB, psnr, ssim, PSNR, SSIM, SRUNet, sr_autoencoder, load_encoder, freeze_encoder,
+from miniai.superres import (sr_input, SuperResCB, image_psnr, ssim, PSNR, SSIM, SRUNet, sr_autoencoder, load_encoder, freeze_encoder,
                              FeatureLoss, random_patches)
 
 
@@ -35,13 +35,13 @@ def test_psnr_ssim_match_skimage():
                                       use_sample_covariance=False, channel_axis=0) for i in range(3)]
     ref_psnr = [peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=2.) for i in range(3)]
     torch.testing.assert_close(ssim(b, a), torch.tensor(ref_ssim, dtype=torch.float64))
-    torch.testing.assert_close(psnr(b, a), torch.tensor(ref_psnr, dtype=torch.float64))
+    torch.testing.assert_close(image_psnr(b, a), torch.tensor(ref_psnr, dtype=torch.float64))
     assert torch.allclose(ssim(a, a), torch.ones(3, dtype=torch.float64))
     m = PSNR().update(b[:2].float(), a[:2].float()).update(b[2:].float(), a[2:].float())
     assert abs(float(m.compute()) - sum(ref_psnr) / 3) < 1e-4
     assert abs(float(SSIM().update(b.float(), a.float()).compute()) - sum(ref_ssim) / 3) < 1e-4
     with pytest.raises(ValueError, match='window'): ssim(a[..., :8, :8], a[..., :8, :8])
-    with pytest.raises(ValueError, match='shape'): psnr(a, a[:1])
+    with pytest.raises(ValueError, match='shape'): image_psnr(a, a[:1])
 
 
 @pytest.mark.parametrize('cross', [False, True])
