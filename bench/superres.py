@@ -21,6 +21,8 @@ patches of scikit-image's astronaut, chelsea, rocket, immunohistochemistry and h
 upscaling the held-out coffee photograph (400x600) 2x; PSNR/SSIM against bicubic, and a crop saved as a PNG.
 
 Run (2-core CPU, one thread):  .venv/bin/python bench/superres.py --epochs 3 --photos
+With a GPU:                    .venv/bin/python bench/superres.py --epochs 3 --photos --device cuda --threads 0
+Results so far: bench/results_later.md
 Smoke test (seconds): --smoke
 """
 import argparse
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from miniai.accel import MixedPrecision, fast_bf16
 from miniai.datasets import DataLoaders, TensorLoader, dataset_tensors, load_fashion_mnist
 from miniai.fid import fmnist_32, fmnist_classifier
-from miniai.learner import Callback, Learner, MetricsCB, TrainCB
+from miniai.learner import Callback, DeviceCB, Learner, MetricsCB, TrainCB
 from miniai.mnist import load_mnist
 from miniai.sgd import BatchSchedCB
 from miniai.superres import (sr_input, SuperResCB, image_psnr, ssim, SRUNet, sr_autoencoder, load_encoder, freeze_encoder, FeatureLoss,
@@ -56,15 +58,15 @@ class FreezeEncoderCB(Callback):
 
 
 @torch.no_grad()
-def measure(model, x, bs=500):
+def measure(model, x, device='cpu', bs=500):
     "MSE, PSNR and SSIM of `model` (None: bicubic) on images x, outputs clamped to [-1, 1]."
     mse, ps, ss = [], [], []
     for i in range(0, len(x), bs):
-        t = x[i:i + bs]
+        t = x[i:i + bs].to(device)
         inp = sr_input(t)
         out = inp if model is None else model.eval()(inp)
         out = out.float().clamp(-1, 1)
-        mse.append((out - t).pow(2).flatten(1).mean(1)); ps.append(image_psnr(out, t)); ss.append(ssim(out, t))
+        mse.append((out - t).pow(2).flatten(1).mean(1).cpu()); ps.append(image_psnr(out, t).cpu()); ss.append(ssim(out, t).cpu())
     return dict(mse=float(torch.cat(mse).mean()), psnr=float(torch.cat(ps).mean()), ssim=float(torch.cat(ss).mean()))
 
 
@@ -76,7 +78,7 @@ def make(row):
 def train_row(row, a, xtr, bf16, clf):
     torch.manual_seed(a.seed)
     model = make(row)
-    cbs = [SuperResCB(), MixedPrecision('bf16') if bf16 else TrainCB()]
+    cbs = [DeviceCB(a.device), SuperResCB(), MixedPrecision('bf16') if bf16 else TrainCB()]
     loss = F.mse_loss
     if row not in ('autoencoder, MSE', 'U-Net, MSE'): loss = FeatureLoss(clf, [1, 2, 3], [0.05] * 3)
     if row in ('+ pretrained encoder', '+ cross convs'):
@@ -97,19 +99,20 @@ def photos(a, bf16, out, res):
     train = list(ph.values())
     g = torch.Generator().manual_seed(a.seed)
     torch.manual_seed(a.seed)
-    model = SRUNet(nfs=(32, 64, 128), n_in=3, n_out=3)
+    model = SRUNet(nfs=(32, 64, 128), n_in=3, n_out=3).to(a.device)
+    dt = torch.device(a.device).type
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.photo_steps)
     t = time.perf_counter()
     for step in range(a.photo_steps):
-        x = random_patches(train, 32, a.bs, generator=g)
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): loss = F.mse_loss(model(sr_input(x)).float(), x)
+        x = random_patches(train, 32, a.bs, generator=g).to(a.device)
+        with torch.autocast(dt, dtype=torch.bfloat16, enabled=bf16): loss = F.mse_loss(model(sr_input(x)).float(), x)
         loss.backward(); opt.step(); opt.zero_grad(); sched.step()
         if step % 200 == 0: print(f'  photos step {step}: loss {loss.item():.5f}', flush=True)
     secs = time.perf_counter() - t
-    x = test[None]                                   # (1, 3, 400, 600)
+    x = test[None].to(a.device)                      # (1, 3, 400, 600)
     inp = sr_input(x)
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): y = model.eval()(inp).float().clamp(-1, 1)
+    with torch.no_grad(), torch.autocast(dt, dtype=torch.bfloat16, enabled=bf16): y = model.eval()(inp).float().clamp(-1, 1)
     r = dict(train_s=secs, steps=a.photo_steps, bicubic=dict(psnr=float(image_psnr(inp.clamp(-1, 1), x)), ssim=float(ssim(inp.clamp(-1, 1), x))),
              unet=dict(psnr=float(image_psnr(y, x)), ssim=float(ssim(y, x))))
     res['photos'] = r
@@ -117,7 +120,7 @@ def photos(a, bf16, out, res):
           f"U-Net PSNR {r['unet']['psnr']:.2f} SSIM {r['unet']['ssim']:.4f} ({secs / 60:.1f} min training)", flush=True)
     from miniai.datasets import show_images
     import matplotlib.pyplot as plt
-    crop = lambda im: im[0, :, 100:228, 250:378].add(1).div(2).clamp(0, 1)
+    crop = lambda im: im[0, :, 100:228, 250:378].float().cpu().add(1).div(2).clamp(0, 1)
     show_images([crop(F.avg_pool2d(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)), crop(inp), crop(y), crop(x)],
                 titles=['low-res', 'bicubic', 'U-Net', 'original'], ncols=4, imsize=3)
     plt.savefig(out / 'photo_coffee.png', bbox_inches='tight'); plt.close('all')
@@ -129,16 +132,17 @@ def main():
     p.add_argument('--datasets', default='fmnist,mnist'); p.add_argument('--rows', default='all', help='all, or indices into ROWS: 0,2,3')
     p.add_argument('--n-train', type=int, default=0, help='first N training images only (0: all 60,000)')
     p.add_argument('--photos', action='store_true'); p.add_argument('--photo-steps', type=int, default=1500)
+    p.add_argument('--device', default='cpu', help='cpu or cuda (with a GPU: --device cuda --threads 0)')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default='bench_out/superres'); p.add_argument('--seed', type=int, default=42)
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads: torch.set_num_threads(a.threads)
     rows = ROWS if a.rows == 'all' else [ROWS[int(i)] for i in a.rows.split(',')]
     if a.smoke: a.epochs, a.photo_steps = 1, 5
     out = Path(a.out + ('_smoke' if a.smoke else '')); out.mkdir(parents=True, exist_ok=True)
-    bf16 = fast_bf16('cpu')
-    clf = fmnist_classifier()
+    bf16 = fast_bf16(a.device)
+    clf = fmnist_classifier(device=a.device)
     res = dict(args=vars(a), torch=torch.__version__, tables={})
     def log(): atomic_write(out / 'results.json', json.dumps(res, indent=2))
     for ds in a.datasets.split(','):
@@ -155,7 +159,7 @@ def main():
         for row in rows:
             if row == 'bicubic': model, secs, losses = None, 0., []
             else: model, secs, losses = train_row(row, a, xtr, bf16, clf)
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16 and model is not None): m = measure(model, xte)
+            with torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=bf16 and model is not None): m = measure(model, xte, a.device)
             tab[row] = dict(**m, train_s=secs, losses=losses)
             print(f"{ds} | {row} | MSE {m['mse']:.5f} | PSNR {m['psnr']:.2f} | SSIM {m['ssim']:.4f} | {secs / 60:.1f} min", flush=True)
             log()
