@@ -23,6 +23,7 @@ Run (2-core CPU):  .venv/bin/python bench/consistency_fmnist.py --mode ct --minu
                    .venv/bin/python bench/consistency_fmnist.py --mode cd --minutes 60
 Evaluate saved weights again: --eval-only (reads --out/model.safetensors)
 Smoke test (seconds): --smoke
+Measured figures and their commands: bench/results_later.md
 """
 import argparse
 import json

@@ -14,6 +14,7 @@ classifier's features (`miniai.fid.ImageEval`), the README's protocol.
 Run (2-core CPU, one thread: on a shared CPU more threads are much slower):
     .venv/bin/python bench/simple_diffusion.py --minutes 25
 Smoke test (seconds): --smoke
+Measured figures and their commands: bench/results_later.md
 """
 import argparse
 import json

@@ -15,6 +15,7 @@ so a stopped run is not a finished one).
 Run:  .venv/bin/python bench/train_recipe.py --data fmnist --epochs 30
       .venv/bin/python bench/train_recipe.py --data mnist --epochs 15 --ta 0.3
 Smoke test (seconds): --smoke
+Measured figures and their commands: bench/results_later.md
 """
 import argparse
 import json
