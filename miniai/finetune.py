@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['norm_types', 'even_mults', 'sched_cos', 'combined_cos', 'default_splitter', 'param_groups', 'create_group_opt',
            'ensure_group_opt', 'norm_params', 'freeze_to', 'freeze', 'unfreeze', 'lrs_for', 'set_hypers',
-           'ParamScheduler', 'fit_one_cycle', 'fine_tune']
+           'ParamScheduler', 'fit_one_cycle', 'fine_tune', 'SilentLog']
 
-# %% ../nbs/40_finetune.ipynb #91c4c087
+# %% ../nbs/40_finetune.ipynb #2ef3a942
 import math
 import warnings
 from collections import defaultdict
@@ -20,7 +20,7 @@ from .callback import Callback
 from .learner import Learner
 from .init import BatchNorm, LayerNorm
 
-# %% ../nbs/40_finetune.ipynb #4a2055b0
+# %% ../nbs/40_finetune.ipynb #4e6fea4c
 def even_mults(start, stop, n):
     "`n` values from `start` to `stop` with a constant ratio between neighbours (fastai's `even_mults`); `[stop]` when `n == 1`."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
@@ -41,7 +41,7 @@ def combined_cos(pct, start, middle, end):
         return end if pct == 1 else sched_cos(middle, end, (pos - pct) / (1 - pct))
     return _f
 
-# %% ../nbs/40_finetune.ipynb #9bf37fe6
+# %% ../nbs/40_finetune.ipynb #08872451
 def default_splitter(model):
     "All of `model`'s parameters in one group."
     return [list(model.parameters())]
@@ -62,7 +62,7 @@ def param_groups(learn):
     if left: warnings.warn(f"{len(left)} of the model's parameters are in no group of the splitter, so they are never trained (shapes {left[:4]})")
     return groups
 
-# %% ../nbs/40_finetune.ipynb #6bdc652a
+# %% ../nbs/40_finetune.ipynb #d5974af4
 def _opt_fits_groups(opt, groups):
     "Whether `opt`'s parameter groups hold exactly `groups`, in order."
     pgs = getattr(opt, 'param_groups', None)
@@ -92,7 +92,7 @@ def ensure_group_opt(learn):
     _check_opt(learn)
     return learn.opt
 
-# %% ../nbs/40_finetune.ipynb #8f2e1b4f
+# %% ../nbs/40_finetune.ipynb #66b71d3d
 norm_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
               nn.LayerNorm, nn.GroupNorm, BatchNorm, LayerNorm)
 
@@ -129,7 +129,7 @@ def unfreeze(self):
 Learner.create_opt_groups = create_group_opt
 Learner.freeze_to, Learner.freeze, Learner.unfreeze = freeze_to, freeze, unfreeze
 
-# %% ../nbs/40_finetune.ipynb #e70025e5
+# %% ../nbs/40_finetune.ipynb #5555c248
 def lrs_for(lr, n):
     "One learning rate per group for `n` groups from a number, `slice(lo, hi)` (geometric, `even_mults`), `slice(hi)` (`hi/10` for all but the last) or a sequence."
     if isinstance(lr, slice):
@@ -161,7 +161,7 @@ def set_hypers(opt, lrs=None, mom=None, wd=None):
         elif key == 'momentum': g['momentum'] = mom
         if wd is not None: g['weight_decay'] = wd
 
-# %% ../nbs/40_finetune.ipynb #faae3ab7
+# %% ../nbs/40_finetune.ipynb #c58f5463
 class ParamScheduler(Callback):
     "Before each training batch, set every group's lr to `lr_scheds[i](pos)` and the momentum to `mom_sched(pos)`, `pos` the fraction of the fit done; records `hps`."
     order = -5   # before the training step callbacks, after nothing that reads the lr
@@ -190,7 +190,7 @@ class ParamScheduler(Callback):
         axs[1].plot(self.hps['mom']); axs[1].set_title('momentum')
         return axs
 
-# %% ../nbs/40_finetune.ipynb #f9ee76f2
+# %% ../nbs/40_finetune.ipynb #b828eefa
 def fit_one_cycle(self, n_epochs, lr_max=None, div=25., div_final=1e5, pct_start=0.25, wd=None, moms=(0.95, 0.85, 0.95),
                   cbs=None, reset_opt=False, start_epoch=0, resume_from=None):
     "Train `n_epochs` with the 1cycle policy (Smith 2018): cosine warm-up of the lr to `lr_max` over `pct_start`, then cosine annealing to `lr_max/div_final`; momentum inverse."
@@ -210,7 +210,7 @@ def fit_one_cycle(self, n_epochs, lr_max=None, div=25., div_final=1e5, pct_start
 
 Learner.fit_one_cycle = fit_one_cycle
 
-# %% ../nbs/40_finetune.ipynb #0fbbddd2
+# %% ../nbs/40_finetune.ipynb #8e458156
 def fine_tune(self, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, pct_start=0.3, div=5., **kwargs):
     "Fine-tune a pretrained model as fastai does: `freeze` and `fit_one_cycle` the head for `freeze_epochs`, then `unfreeze` and fit all groups with `slice(base_lr/2/lr_mult, base_lr/2)`."
     self.freeze()
@@ -220,3 +220,9 @@ def fine_tune(self, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, pct_star
     self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
 
 Learner.fine_tune = fine_tune
+
+# %% ../nbs/40_finetune.ipynb #54c293ae
+class SilentLog(Callback):
+    "A logging sink that shows nothing: rows are only kept in `learn.history`."
+    order = 50
+    def after_log(self, learn): pass
