@@ -81,6 +81,18 @@ docs-serve: export NO_MKDOCS_2_WARNING = 1
 docs-serve: $(VENV)/.docs-installed
 	$(BIN)/python -m mkdocs serve --strict -a 127.0.0.1:$(DOCS_PORT)
 
+# the web demo (miniai.app): an exported classifier served by Gradio on 127.0.0.1:$(APP_PORT); MODEL=export.safetensors
+# serves that file, else a Fashion-MNIST demo export is made once in app_out/ (a few seconds on a CPU)
+.PHONY: app
+APP_PORT ?= 7860
+$(VENV)/.app-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[app]"
+	touch $@ $(VENV)/.installed
+
+app: export GRADIO_ANALYTICS_ENABLED = False
+app: data $(VENV)/.app-installed
+	$(BIN)/python -m miniai.app $(if $(MODEL),--model $(MODEL)) --port $(APP_PORT)
+
 bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/matmul.py

@@ -7,6 +7,7 @@ after `fit_one_cycle(5, 5e-3, wd=0.1)`.
 
 Run:  .venv/bin/python bench/collab_movielens.py [--epochs 5] [--seeds 42]     (the book's two models)
       .venv/bin/python bench/collab_movielens.py --sweep                     (more weight decay and epochs)
+      .venv/bin/python bench/collab_movielens.py --ensemble                  (two models and the mean of their predictions)
 Prints a markdown table of the final validation MSE and RMSE per configuration.
 """
 import argparse
@@ -19,6 +20,10 @@ from miniai.collab import collab_dls, collab_learner, load_movielens
 CONFIGS = [  # (name, collab_learner kwargs, lr, wd, epochs or None for --epochs)
     ('DotProductBias, 50 factors (book)', dict(n_factors=50), 5e-3, 0.1, None),
     ('EmbeddingNN, layers [100, 50] (book)', dict(use_nn=True, layers=[100, 50]), 5e-3, 0.1, None),
+]
+ENSEMBLE = [  # --ensemble: the best dot-product model of the sweep and the book's neural one, and their mean
+    ('DotProductBias, 50 factors', dict(n_factors=50), 5e-3, 0.2, 10),
+    ('EmbeddingNN, layers [100, 50] (book)', dict(use_nn=True, layers=[100, 50]), 5e-3, 0.1, 5),
 ]
 SWEEP = [  # --sweep: more weight decay and epochs
     ('DotProductBias, 50 factors', dict(n_factors=50), 5e-3, 0.1, 10),
@@ -33,6 +38,7 @@ def main():
     ap.add_argument('--seeds', type=int, nargs='+', default=[42])
     ap.add_argument('--bs', type=int, default=64)
     ap.add_argument('--sweep', action='store_true', help='run the SWEEP configurations instead of the book\'s')
+    ap.add_argument('--ensemble', action='store_true', help='also score the mean of the predictions of the models run')
     a = ap.parse_args()
     torch.set_num_threads(1)
     ml = load_movielens()
@@ -40,8 +46,9 @@ def main():
     print(f"MovieLens 100k, random 20% validation split, bs {a.bs}\n")
     print("| model | epochs | lr | wd | seed | valid MSE | valid RMSE | seconds |\n|---|---|---|---|---|---|---|---|")
     for seed in a.seeds:
+        all_preds = []
         dls = collab_dls(ml['user'], ml['item'], ml['rating'], valid_pct=0.2, seed=seed, bs=a.bs, item_names=ml['titles'])
-        for name, kw, lr, wd, epochs in (SWEEP if a.sweep else CONFIGS):
+        for name, kw, lr, wd, epochs in (SWEEP if a.sweep else ENSEMBLE if a.ensemble else CONFIGS):
             epochs = epochs or a.epochs
             t1 = time.perf_counter()
             torch.manual_seed(seed)
@@ -49,7 +56,12 @@ def main():
             learn.fit_one_cycle(epochs, lr, wd=wd)
             p, t = learn.get_preds()
             mse = float((p - t).pow(2).mean())
+            all_preds.append(p)
             print(f"| {name} | {epochs} | {lr:g} | {wd:g} | {seed} | {mse:.4f} | {mse ** 0.5:.4f} | {time.perf_counter() - t1:.0f} |", flush=True)
+        if a.ensemble:
+            p = torch.stack(all_preds).mean(0)
+            mse = float((p - t).pow(2).mean())
+            print(f"| mean of the {len(all_preds)} models above | | | | {seed} | {mse:.4f} | {mse ** 0.5:.4f} | |")
     print(f"\nwall-clock {time.perf_counter() - t0:.0f} s, 1 thread")
 
 
