@@ -5,19 +5,18 @@
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'export_description', 'export', 'read_export', 'load_learner']
 
-# %% ../nbs/43_export.ipynb #07042ee9
+# %% ../nbs/43_export.ipynb #4db5cb67
 import importlib
 import json
 import math
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from .utils import atomic_write
 from .learner import Learner, TrainCB
 
-# %% ../nbs/43_export.ipynb #26d24358
+# %% ../nbs/43_export.ipynb #af9692d1
 FORMAT, VERSION = 'miniai.export', 1
 _LOSSES = {f.__name__: f for f in (F.cross_entropy, F.mse_loss, F.l1_loss, F.binary_cross_entropy_with_logits, F.nll_loss, F.smooth_l1_loss)}
 
@@ -73,7 +72,7 @@ def export(self, path='export.safetensors'):
 
 Learner.export = export
 
-# %% ../nbs/43_export.ipynb #bf1f42f7
+# %% ../nbs/43_export.ipynb #4673d4c4
 def _check_not_pickle(path):
     "Raise a `ValueError` if `path` holds a pickle (raw, or torch's zip format) or anything but a safetensors file."
     with open(path, 'rb') as f: head = f.read(16)

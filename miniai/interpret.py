@@ -6,9 +6,7 @@
 __all__ = ['n_inputs', 'activation', 'get_preds', 'image_batch', 'decode', 'predict_item', 'show_results',
            'ClassificationInterpretation']
 
-# %% ../nbs/42_interpret.ipynb #024b9613
-import math
-
+# %% ../nbs/42_interpret.ipynb #84999746
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +14,7 @@ from .conv import to_device
 from .learner import Learner, TrainCB, to_cpu
 from .datasets import to_float_images
 
-# %% ../nbs/42_interpret.ipynb #1476cdf9
+# %% ../nbs/42_interpret.ipynb #83f30476
 def n_inputs(learn):
     "How many elements of a batch are model inputs: `n_inp` of the learner's `TrainCB` (or subclass), else 1."
     return next((cb.n_inp for cb in learn.cbs if isinstance(cb, TrainCB)), 1)
@@ -67,7 +65,7 @@ def get_preds(self, dl=None, with_input=False, with_loss=False, act=True):
 
 Learner.get_preds = get_preds
 
-# %% ../nbs/42_interpret.ipynb #2a18f69f
+# %% ../nbs/42_interpret.ipynb #3cbf1275
 def image_batch(item):
     "One image as a batch of one: uint8 (H, W) / (H, W, C), float (C, H, W) in [0, 1], a NumPy array or a PIL image -> float (1, C, H, W)."
     if hasattr(item, 'convert') and hasattr(item, 'size'):   # a PIL image
@@ -121,7 +119,7 @@ class _Predict:
 _NO_ITEM = object()
 Learner.predict = _Predict()
 
-# %% ../nbs/42_interpret.ipynb #f1335916
+# %% ../nbs/42_interpret.ipynb #4091c1ea
 def _label(learn, i):
     vocab = getattr(learn, 'vocab', None)
     return vocab[i] if vocab is not None else str(i)
@@ -140,7 +138,7 @@ def show_results(self, max_n=9, dl=None, ncols=3, figsize=None):
 
 Learner.show_results = show_results
 
-# %% ../nbs/42_interpret.ipynb #8f295ac4
+# %% ../nbs/42_interpret.ipynb #0a08a42f
 class ClassificationInterpretation:
     "Interpret a single-label classifier on `dl`: `confusion_matrix`, `most_confused`, `top_losses` and their plots (fastai's)."
     def __init__(self, learn, inputs, preds, targs, losses):

@@ -1,6 +1,5 @@
 "Tests for miniai.finetune: one-cycle schedules against their closed forms, lr groups from slices, freezing (BatchNorm stays trainable), the kept optimizer across freeze/unfreeze, fine_tune's sequence, resuming a one-cycle fit."
 import math
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from miniai.callback import Callback, CancelFitException
 from miniai.checkpoint import CheckpointCB
 from miniai.datasets import TensorLoader
-from miniai.learner import Learner, MetricsCB, TrainCB
+from miniai.learner import Learner, TrainCB
 from miniai.sgd import Adam
 from miniai.finetune import (ParamScheduler, combined_cos, default_splitter, ensure_group_opt, even_mults, lrs_for,
                              norm_params, param_groups, sched_cos)

@@ -4,10 +4,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-import torch.nn.functional as F
 
-from miniai.tabular import (MultiInputMetricsCB, TabularModel, TabularProcs, emb_sz_rule, read_csv_columns, split_rows,
+from miniai.tabular import (TabularModel, TabularProcs, emb_sz_rule, read_csv_columns, split_rows,
                             tabular_dls, tabular_learner)
 from miniai.export import load_learner
 

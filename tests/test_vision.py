@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from miniai.vision import (AdaptiveConcatPool2d, Normalize, SigmoidRange, create_body, create_head, image_dls, load_mnist,
                            read_mnist_pickle, vision_learner, vision_model, vision_splitter, _NumpyUnpickler)
