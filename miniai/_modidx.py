@@ -62,7 +62,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'miniai.app': { 'miniai.app.classify': ('app.html#classify', 'miniai/app.py'),
                             'miniai.app.demo_export': ('app.html#demo_export', 'miniai/app.py'),
                             'miniai.app.learner_app': ('app.html#learner_app', 'miniai/app.py'),
-                            'miniai.app.main': ('app.html#main', 'miniai/app.py'),
+                            'miniai.app.serve': ('app.html#serve', 'miniai/app.py'),
                             'miniai.app.to_model_image': ('app.html#to_model_image', 'miniai/app.py')},
             'miniai.augment': { 'miniai.augment.CapturePreds': ('augment.html#capturepreds', 'miniai/augment.py'),
                                 'miniai.augment.CapturePreds.after_batch': ('augment.html#capturepreds.after_batch', 'miniai/augment.py'),
