@@ -39,6 +39,7 @@ def main():
     ap.add_argument('--bs', type=int, default=64)
     ap.add_argument('--sweep', action='store_true', help='run the SWEEP configurations instead of the book\'s')
     ap.add_argument('--ensemble', action='store_true', help='also score the mean of the predictions of the models run')
+    ap.add_argument('--dot', nargs='+', metavar='FACTORS,WD,EPOCHS', help='DotProductBias configurations to run instead, e.g. 50,0.3,10')
     a = ap.parse_args()
     torch.set_num_threads(1)
     ml = load_movielens()
@@ -48,7 +49,9 @@ def main():
     for seed in a.seeds:
         all_preds = []
         dls = collab_dls(ml['user'], ml['item'], ml['rating'], valid_pct=0.2, seed=seed, bs=a.bs, item_names=ml['titles'])
-        for name, kw, lr, wd, epochs in (SWEEP if a.sweep else ENSEMBLE if a.ensemble else CONFIGS):
+        custom = [(f'DotProductBias, {int(f)} factors', dict(n_factors=int(f)), 5e-3, float(w), int(e))
+                  for f, w, e in (c.split(',') for c in a.dot or [])]
+        for name, kw, lr, wd, epochs in (custom or (SWEEP if a.sweep else ENSEMBLE if a.ensemble else CONFIGS)):
             epochs = epochs or a.epochs
             t1 = time.perf_counter()
             torch.manual_seed(seed)

@@ -6,13 +6,13 @@
 __all__ = ['make_mosaics', 'make_point_data', 'bce_multi', 'accuracy_multi', 'fbeta_multi', 'AccuracyMulti', 'FBetaMulti',
            'best_threshold', 'plot_points']
 
-# %% ../nbs/44_multilabel.ipynb #edbaed54
+# %% ../nbs/44_multilabel.ipynb #91eaa261
 import math
 
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/44_multilabel.ipynb #bd53e7c4
+# %% ../nbs/44_multilabel.ipynb #4378f74a
 def make_mosaics(images, labels, n, n_classes=10, n_items=(2, 4), grid=2, generator=None, fg_thresh=0.2):
     "`n` mosaics of `grid`x`grid` cells, each with `n_items` (min, max) random items of `images` (uint8 (N, h, w)): (uint8 images, multi-hot float (n, n_classes), long masks)."
     if images.dtype != torch.uint8 or images.ndim != 3: raise TypeError(f"images must be uint8 (N, h, w), got {images.dtype} {tuple(images.shape)}")
@@ -46,7 +46,7 @@ def make_point_data(images, n, size=56, generator=None):
     centre = torch.stack([lefts + w / 2, tops + h / 2], 1).float()   # (x, y) in pixels, 0..size
     return x, centre / size * 2 - 1
 
-# %% ../nbs/44_multilabel.ipynb #8f0922c7
+# %% ../nbs/44_multilabel.ipynb #840c82dc
 def bce_multi(preds, targs, reduction='mean'):
     "Binary cross-entropy on logits `preds` (N, C) with multi-hot `targs` (N, C) (fastai's `BCEWithLogitsLossFlat`)."
     if preds.shape != targs.shape: raise ValueError(f"multi-label preds and targets must have one shape, got {tuple(preds.shape)} and {tuple(targs.shape)}")
@@ -90,7 +90,7 @@ class FBetaMulti:
         return self
     def compute(self): return torch.tensor(self.total / self.n if self.n else math.nan)
 
-# %% ../nbs/44_multilabel.ipynb #1b562a71
+# %% ../nbs/44_multilabel.ipynb #a721e0ce
 def best_threshold(probs, targs, metric=accuracy_multi, thresholds=None):
     "The threshold among `thresholds` (default 0.05..0.95) that maximises `metric(probs, targs, thresh=t, sigmoid=False)`, and its value."
     thresholds = torch.linspace(0.05, 0.95, 19).tolist() if thresholds is None else list(thresholds)
@@ -98,7 +98,7 @@ def best_threshold(probs, targs, metric=accuracy_multi, thresholds=None):
     i = max(range(len(scores)), key=scores.__getitem__)
     return thresholds[i], scores[i]
 
-# %% ../nbs/44_multilabel.ipynb #cdf15970
+# %% ../nbs/44_multilabel.ipynb #281ad175
 def plot_points(images, preds, targs, max_n=6, ncols=3):
     "Show images with the true point (green) and the predicted one (red); points are (x, y) in [-1, 1]."
     from miniai.datasets import get_grid, show_image

@@ -7,7 +7,7 @@ __all__ = ['imagenet_stats', 'read_mnist_pickle', 'mnist_pickle_path', 'load_mni
            'AdaptiveConcatPool2d', 'SigmoidRange', 'create_body', 'create_head', 'num_features', 'vision_model',
            'vision_splitter', 'vision_learner']
 
-# %% ../nbs/41_vision.ipynb #fe3a47c7
+# %% ../nbs/41_vision.ipynb #64d55ee2
 import gzip
 import os
 import pickle
@@ -30,7 +30,7 @@ from .fid import fmnist_classifier_model, FMNIST_CLASSIFIER
 from .sgd import Adam
 from .finetune import SilentLog   # also adds fit_one_cycle, freeze and fine_tune to Learner
 
-# %% ../nbs/41_vision.ipynb #f11e2e3b
+# %% ../nbs/41_vision.ipynb #d759ec08
 def _np_reconstruct():
     "numpy's array-unpickling helper, where this numpy version keeps it."
     try: from numpy._core.multiarray import _reconstruct
@@ -91,7 +91,7 @@ def load_mnist(path=None, cache=None):
         atomic_write(dest, lambda f: np.savez(f, **{f'{k}_{c}': v for k, (x, y) in arrs.items() for c, v in (('x', x), ('y', y))}))
     return {k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for k, (x, y) in arrs.items()}
 
-# %% ../nbs/41_vision.ipynb #37779755
+# %% ../nbs/41_vision.ipynb #4a7e252b
 def image_dls(train, valid, bs=64, vocab=None, generator=None, tfm=to_float_images, valid_bs=None):
     "`DataLoaders` over in-memory `(images, targets)` pairs `train` and `valid` (uint8 images become floats in [0, 1]), with `.vocab`."
     (xt, yt), (xv, yv) = train, valid
@@ -100,7 +100,7 @@ def image_dls(train, valid, bs=64, vocab=None, generator=None, tfm=to_float_imag
     dls.vocab = list(vocab) if vocab is not None else None
     return dls
 
-# %% ../nbs/41_vision.ipynb #c6906dc9
+# %% ../nbs/41_vision.ipynb #af9a277e
 imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 _TORCHVISION = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 _MINIAI = ('fmnist_classifier', 'resnet', 'resnet_gap')
@@ -126,7 +126,7 @@ class SigmoidRange(nn.Module):
         self.low, self.high = float(low), float(high)
     def forward(self, x): return torch.sigmoid(x) * (self.high - self.low) + self.low
 
-# %% ../nbs/41_vision.ipynb #273422fc
+# %% ../nbs/41_vision.ipynb #a9178230
 def _load_state(model, weights, what):
     "Load `weights` (a state dict, or the path of a safetensors or torch weights file) into `model`, strictly, with a clear error."
     if isinstance(weights, (str, os.PathLike)):
@@ -195,7 +195,7 @@ def create_body(arch, n_in=3, pretrained=True, weights=None, cut=None):
     _adapt_first_conv(body, n_in)
     return body, stats
 
-# %% ../nbs/41_vision.ipynb #7b95c846
+# %% ../nbs/41_vision.ipynb #4e9dbd9c
 def create_head(nf, n_out, lin_ftrs=None, ps=0.5, concat_pool=True, first_bn=True, bn_final=False, y_range=None):
     "fastai's head for `nf` body features: (concat) pool, flatten, [BatchNorm1d, Dropout, Linear, ReLU]... Linear to `n_out`, optional `SigmoidRange(*y_range)`."
     if concat_pool: nf *= 2
@@ -227,7 +227,7 @@ def num_features(body, n_in, size=64):
     try: return body(torch.zeros(2, n_in, size, size, device=next(body.parameters()).device)).shape[1]
     finally: body.train(was)
 
-# %% ../nbs/41_vision.ipynb #18243d9e
+# %% ../nbs/41_vision.ipynb #86bfdd55
 def vision_model(arch, n_out, n_in=3, pretrained=True, weights=None, cut=None, lin_ftrs=None, ps=0.5, concat_pool=True,
                  first_bn=True, bn_final=False, y_range=None, stats=None, normalize=True):
     "`nn.Sequential(body, head)`: `Normalize(*stats)` and the cut pretrained `arch`, then `create_head`; `model.miniai_spec` says how to rebuild it."
@@ -262,7 +262,7 @@ def vision_splitter(model):
         return [list(body[:i].parameters()), list(body[i:].parameters()), list(head.parameters())]
     return [list(body.parameters()), list(head.parameters())]
 
-# %% ../nbs/41_vision.ipynb #ed1e82e4
+# %% ../nbs/41_vision.ipynb #af779223
 def _first_batch(dls):
     "The first training batch (inputs, targets)."
     b = next(iter(dls.train))
