@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['to_model_image', 'classify', 'learner_app', 'demo_export', 'serve']
 
-# %% ../nbs/43b_app.ipynb #afbe2537
+# %% ../nbs/43b_app.ipynb #f10ae60a
 import argparse
 import os
 from pathlib import Path
@@ -15,9 +15,9 @@ import torch
 
 from .learner import Learner
 from .export import load_learner
-import miniai.interpret  # noqa: F401 (predict)
+from .interpret import predict_item  # noqa: F401 (importing miniai.interpret adds get_preds and predict to Learner)
 
-# %% ../nbs/43b_app.ipynb #2190c7e8
+# %% ../nbs/43b_app.ipynb #ba317b7d
 def to_model_image(learn, img):
     "An uploaded image (PIL or NumPy array) as the learner's training images are: uint8 (H, W) for one channel or (H, W, 3), at the export's image size."
     from PIL import Image
@@ -46,7 +46,7 @@ def learner_app(learn, title=None, description=None, n_top=3, examples=None):
                         outputs=gr.Label(num_top_classes=n_top, label='prediction'), title=title or 'miniai classifier',
                         description=description, examples=examples, flagging_mode='never')
 
-# %% ../nbs/43b_app.ipynb #3830db0b
+# %% ../nbs/43b_app.ipynb #a92c2879
 def demo_export(path, n_train=2000, epochs=1, seed=0):
     "Train a small Fashion-MNIST classifier (new head on the shipped pretrained body) and export it to `path`."
     from miniai.datasets import load_fashion_mnist, dataset_tensors, FMNIST_CLASSES
@@ -76,5 +76,5 @@ def serve(argv=None):
     app = learner_app(path, title='miniai: Fashion-MNIST classifier' if not a.model else None)
     app.launch(server_name=a.host, server_port=a.port, share=False, inbrowser=False)
 
-# %% ../nbs/43b_app.ipynb #7a85efa4
+# %% ../nbs/43b_app.ipynb #12e453c9
 if __name__ == "__main__": serve()

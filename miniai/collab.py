@@ -6,7 +6,7 @@
 __all__ = ['movielens_dir', 'load_movielens', 'collab_dls', 'DotProductBias', 'EmbeddingNN', 'collab_model', 'RMSE',
            'collab_learner', 'item_bias_ranking', 'nearest_items', 'plot_item_pca']
 
-# %% ../nbs/47_collab.ipynb #91b6ec6c
+# %% ../nbs/47_collab.ipynb #059050a9
 import math
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -21,9 +21,9 @@ from .conv import def_device
 from .sgd import Adam
 from .finetune import SilentLog   # also adds fit_one_cycle to Learner
 from .tabular import TabularModel, emb_sz_rule, split_rows
-import miniai.interpret  # noqa: F401 (get_preds, predict)
+from .interpret import predict_item  # noqa: F401 (importing miniai.interpret adds get_preds and predict to Learner)
 
-# %% ../nbs/47_collab.ipynb #1220a6ca
+# %% ../nbs/47_collab.ipynb #91916704
 def movielens_dir():
     "The folder of MovieLens 100k in the installed `recbole` distribution (found without importing recbole)."
     try: p = Path(distribution('recbole').locate_file('recbole/dataset_example/ml-100k'))
@@ -49,7 +49,7 @@ def load_movielens(path=None):
     titles = {int(r[0]): f"{r[ti]} ({r[ty]})" if len(r) > ty and r[ty] else r[ti] for r in irows}
     return {'user': t[:, 0].long(), 'item': t[:, 1].long(), 'rating': t[:, 2].float(), 'timestamp': t[:, 3].long(), 'titles': titles}
 
-# %% ../nbs/47_collab.ipynb #a9a658d7
+# %% ../nbs/47_collab.ipynb #80987274
 class _PairLoader:
     "Minibatches (codes (N, 2), ratings (N,)) of in-memory tensors, shuffled with `generator` when `shuffle`."
     def __init__(self, x, y, bs, shuffle=False, generator=None): self.x, self.y, self.bs, self.shuffle, self.generator = x, y, bs, shuffle, generator
@@ -76,7 +76,7 @@ def collab_dls(users, items, ratings, valid_pct=0.2, seed=0, bs=64, item_names=N
     dls.splits = (trn, val)
     return dls
 
-# %% ../nbs/47_collab.ipynb #0ca6e707
+# %% ../nbs/47_collab.ipynb #2f78a172
 class DotProductBias(nn.Module):
     "Rating = sigmoid_range(user . item + user bias + item bias): latent factors and biases for `n_users` users and `n_items` items (the course's model)."
     def __init__(self, n_users, n_items, n_factors, y_range=(0, 5.5)):
@@ -113,7 +113,7 @@ def collab_model(n_users, n_items, n_factors=50, use_nn=False, layers=(100, 50),
 
 collab_model.miniai_builder = True
 
-# %% ../nbs/47_collab.ipynb #e37ca915
+# %% ../nbs/47_collab.ipynb #c9b85fe4
 class RMSE:
     "Running root mean squared error between predictions and targets, with `update(preds, targets)`, `compute()`, `reset()`."
     def __init__(self): self.reset()
@@ -150,7 +150,7 @@ def collab_learner(dls, n_factors=50, use_nn=False, emb_szs=None, layers=(100, 5
     learn.prepare_item = _prepare_pair(dls.classes)
     return learn
 
-# %% ../nbs/47_collab.ipynb #558b1d2a
+# %% ../nbs/47_collab.ipynb #a5106fcb
 def item_bias_ranking(learn, n=5, min_ratings=None, counts=None):
     "The items with the lowest and the highest learned bias, as two lists of (name, bias); `counts`/`min_ratings` skip rarely rated items."
     m = learn.model

@@ -6,7 +6,7 @@
 __all__ = ['model_sizes', 'size_change_idxs', 'UnetBlock', 'DynamicUnet', 'unet_model', 'unet_splitter', 'PixelAccuracy',
            'MeanIoU', 'unet_learner', 'show_seg_results']
 
-# %% ../nbs/45_segmentation.ipynb #0b9fc732
+# %% ../nbs/45_segmentation.ipynb #e2c7ebe6
 import math
 
 import torch
@@ -18,9 +18,9 @@ from .learner import Learner, MetricsCB, TrainCB, DeviceCB, ProgressCB
 from .sgd import Adam
 from .finetune import SilentLog
 from .vision import create_body, Normalize
-import miniai.interpret  # noqa: F401 (get_preds, predict)
+from .interpret import predict_item  # noqa: F401 (importing miniai.interpret adds get_preds and predict to Learner)
 
-# %% ../nbs/45_segmentation.ipynb #f9dc0dfd
+# %% ../nbs/45_segmentation.ipynb #cabc7ab7
 class _Stored:
     "A forward hook on `module` that keeps its last output in `stored`."
     def __init__(self, module): self.stored, self.handle = None, module.register_forward_hook(self._hook)
@@ -44,7 +44,7 @@ def size_change_idxs(sizes):
     "Indices of the layers whose output size differs from the next layer's: their outputs feed the skip connections (fastai's `_get_sz_change_idxs`)."
     return [i for i in range(len(sizes) - 1) if sizes[i][-1] != sizes[i + 1][-1]]
 
-# %% ../nbs/45_segmentation.ipynb #6e148a6e
+# %% ../nbs/45_segmentation.ipynb #d75e7f5b
 class UnetBlock(nn.Module):
     "A U-Net decoder step: upsample `up_in_c` channels x2, concatenate the hooked skip activation (`x_in_c` channels, batch-normed), two convs."
     def __init__(self, up_in_c, x_in_c, hook):
@@ -89,7 +89,7 @@ class DynamicUnet(nn.Module):
     def __del__(self):
         for h in getattr(self, 'hooks', []): h.remove()
 
-# %% ../nbs/45_segmentation.ipynb #45370698
+# %% ../nbs/45_segmentation.ipynb #c0d6780e
 def unet_model(arch, n_out, n_in=3, img_size=(64, 64), pretrained=True, weights=None, cut=None, stats=None, normalize=True):
     "A `DynamicUnet` on the body of `arch` (see `miniai.vision.create_body`) for `n_out` classes at `img_size`, with `model.miniai_spec`."
     body, pre = create_body(arch, n_in, pretrained, weights, cut)
@@ -112,7 +112,7 @@ def unet_splitter(model):
     body = {id(p) for p in model.body.parameters()}
     return [list(model.body.parameters()), [p for p in model.parameters() if id(p) not in body]]
 
-# %% ../nbs/45_segmentation.ipynb #7711f7b1
+# %% ../nbs/45_segmentation.ipynb #8d97ccc3
 class PixelAccuracy:
     "The share of pixels whose argmax class equals the target (preds (N, C, H, W), targets (N, H, W)), optionally ignoring `ignore_index`."
     def __init__(self, ignore_index=None): self.ignore_index = ignore_index; self.reset()
@@ -141,7 +141,7 @@ class MeanIoU:
         v = self.per_class()
         return torch.tensor(float(v[~v.isnan()].mean()) if (~v.isnan()).any() else math.nan)
 
-# %% ../nbs/45_segmentation.ipynb #82bda261
+# %% ../nbs/45_segmentation.ipynb #d2ffddb3
 def unet_learner(dls, arch, n_out=None, weights=None, pretrained=True, normalize=True, stats=None, loss_func=F.cross_entropy, lr=2e-3,
                  opt_func=Adam, metrics=None, cbs=None, device=def_device, codes=None, progress=True, cut=None):
     "A `Learner` for `unet_model` on `dls` of (images, masks): per-pixel cross-entropy, pixel accuracy and mean IoU; a pretrained encoder starts frozen."
@@ -163,7 +163,7 @@ def unet_learner(dls, arch, n_out=None, weights=None, pretrained=True, normalize
     if has_weights: learn.freeze()
     return learn
 
-# %% ../nbs/45_segmentation.ipynb #4fa6c974
+# %% ../nbs/45_segmentation.ipynb #1a81d638
 def show_seg_results(learn, max_n=4, dl=None, alpha=0.5, figsize=None):
     "For `max_n` validation images: the image with the target mask over it, and with the predicted mask over it."
     import matplotlib.pyplot as plt

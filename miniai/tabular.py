@@ -6,7 +6,7 @@
 __all__ = ['NA_STRINGS', 'read_csv_columns', 'penguins_path', 'TabularProcs', 'split_rows', 'tabular_dls', 'emb_sz_rule',
            'TabularModel', 'tabular_model', 'MultiInputMetricsCB', 'tabular_learner']
 
-# %% ../nbs/46_tabular.ipynb #fc8eda42
+# %% ../nbs/46_tabular.ipynb #961bc556
 import csv
 import math
 import random
@@ -23,9 +23,9 @@ from .conv import def_device
 from .sgd import Adam
 from .vision import SigmoidRange
 from .finetune import SilentLog   # also adds fit_one_cycle to Learner
-import miniai.interpret  # noqa: F401 (get_preds, predict)
+from .interpret import predict_item  # noqa: F401 (importing miniai.interpret adds get_preds and predict to Learner)
 
-# %% ../nbs/46_tabular.ipynb #3794817f
+# %% ../nbs/46_tabular.ipynb #8e5cfc03
 NA_STRINGS = ('', 'NA', 'N/A', 'NaN', 'nan', '.')
 
 def read_csv_columns(path, na=NA_STRINGS):
@@ -42,7 +42,7 @@ def penguins_path(raw=True):
     if p is None or not p.is_file(): raise FileNotFoundError("the Palmer penguins data is missing: pip install palmerpenguins==0.1.6")
     return p
 
-# %% ../nbs/46_tabular.ipynb #e3eb971d
+# %% ../nbs/46_tabular.ipynb #485a7950
 def _num(v, col):
     "`v` (a string or None) as a float (NaN when missing), with an error naming `col` when it is not a number."
     if v is None: return math.nan
@@ -106,7 +106,7 @@ class TabularProcs:
         for k in ('classes', 'medians', 'means', 'stds', 'na_cols'): setattr(p, k, st[k])
         return p
 
-# %% ../nbs/46_tabular.ipynb #15f553a1
+# %% ../nbs/46_tabular.ipynb #9527f92b
 class _TabLoader:
     "Minibatches (codes, values, targets) of in-memory tensors, shuffled with `generator` when `shuffle`."
     def __init__(self, xc, xn, y, bs, shuffle=False, generator=None):
@@ -147,7 +147,7 @@ def tabular_dls(cols, cat_names, cont_names, y_name, y_block='category', valid_p
     dls.procs, dls.vocab, dls.y_block, dls.splits, dls.y_name = procs, vocab, y_block, (trn, val), y_name
     return dls
 
-# %% ../nbs/46_tabular.ipynb #f29d8a67
+# %% ../nbs/46_tabular.ipynb #c9903c83
 def emb_sz_rule(n_cat):
     "fastai's embedding size for a column with `n_cat` categories: `min(600, round(1.6 * n_cat**0.56))`."
     return min(600, round(1.6 * n_cat ** 0.56))
@@ -188,7 +188,7 @@ def tabular_model(emb_szs, n_cont, out_sz, layers, ps=0., embed_p=0., y_range=No
 
 tabular_model.miniai_builder = True
 
-# %% ../nbs/46_tabular.ipynb #815895dc
+# %% ../nbs/46_tabular.ipynb #a5ef4c0e
 class MultiInputMetricsCB(MetricsCB):
     "`MetricsCB` for batches of `n_inp` inputs then targets: metrics see `batch[n_inp]`, the loss is weighted by `len(batch[0])`."
     def __init__(self, *ms, n_inp=2, **metrics):
@@ -202,7 +202,7 @@ class MultiInputMetricsCB(MetricsCB):
             for m in self.metrics.values(): m.update(preds, y)
         self.loss.update(to_cpu(learn.loss), weight=len(x))
 
-# %% ../nbs/46_tabular.ipynb #a5efd573
+# %% ../nbs/46_tabular.ipynb #8c2d1153
 def _prepare_row(procs):
     "A function turning one row (a dict) into model inputs with `procs`."
     def prep(row):
