@@ -1,13 +1,12 @@
 """`miniai.vae`: the from-scratch `AutoencoderKL` against diffusers' (same state dict, same outputs), the posterior's closed forms,
 loading/saving diffusers folders, and the course's MLP VAE."""
 import json
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from miniai.vae import (AutoencoderKL, DiagonalGaussian, ResnetBlock2D, Downsample2D, Upsample2D, AttentionBlock2D, VAE,
+from miniai.vae import (AutoencoderKL, DiagonalGaussian, ResnetBlock2D, Downsample2D, Upsample2D, VAE,
                         kld_loss, bce_loss, vae_loss, FuncMetric)
 
 diffusers = pytest.importorskip('diffusers')
@@ -214,3 +213,24 @@ def test_mlp_vae():
     torch.testing.assert_close(m.compute().double(), (8 * bce_loss(inp, x) + 2 * bce_loss((xh[:2],), x[:2])).double() / 10)
     with pytest.raises(ValueError, match=r'\(B, 20\)'): vae(torch.rand(2, 1, 20))
     with pytest.raises(TypeError, match='callable'): FuncMetric(3)
+
+
+def test_training_helpers():
+    from torcheval.metrics.functional import peak_signal_noise_ratio
+    from miniai.vae import AutoencoderKLTrainer, recon_mse, ae_kl_loss, psnr
+    x, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.rand(4, 1, 8, 8) * 2 - 1
+    ref = torch.stack([peak_signal_noise_ratio(a, b, data_range=2.) for a, b in zip(x, y)]).mean()
+    assert psnr(x, y) == pytest.approx(ref.item(), rel=1e-5)
+    with pytest.raises(ValueError, match='differ in shape'): psnr(x, y[:2])
+    torch.manual_seed(0)
+    ours = AutoencoderKL(1, 1, ('DownEncoderBlock2D',) * 2, ('UpDecoderBlock2D',) * 2, (8, 8), norm_num_groups=4)
+    tr = AutoencoderKLTrainer(ours, torch.Generator().manual_seed(0))
+    xb = torch.randn(2, 1, 8, 8)
+    rec, mean, logvar = tr(xb)
+    post = ours.encode(xb)
+    torch.testing.assert_close(rec, ours.decode(post.sample(torch.Generator().manual_seed(0))))
+    torch.testing.assert_close(mean, post.mean)
+    kl = post.kl().sum() / post.mean.numel()   # the KL per latent element
+    torch.testing.assert_close(ae_kl_loss((rec, mean, logvar), xb, kl_weight=0.3), F.mse_loss(rec, xb) + 0.3 * kl)
+    torch.testing.assert_close(recon_mse((rec,), xb), F.mse_loss(rec, xb))
+    with pytest.raises(ValueError, match='differ in shape'): recon_mse((rec,), xb[:, :, :4])
