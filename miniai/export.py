@@ -17,7 +17,8 @@ from .utils import atomic_write
 from .learner import Learner, TrainCB
 
 # %% ../nbs/43_export.ipynb #af9692d1
-FORMAT, VERSION = 'miniai.export', 1
+FORMAT = 'miniai.export'   # the export's format name, in its JSON description
+VERSION = 1   # the format's version: load_learner refuses a newer one
 _LOSSES = {f.__name__: f for f in (F.cross_entropy, F.mse_loss, F.l1_loss, F.binary_cross_entropy_with_logits, F.nll_loss, F.smooth_l1_loss)}
 
 def _loss_name(loss_func):
