@@ -20,6 +20,9 @@ DESIGN = {
     'miniai.resnet': 'act_gr ResBlock',
     'miniai.augment': 'summary show_image_batch CapturePreds capture_preds rand_erase RandErase rand_copy RandCopy',
     'miniai.accel': 'MixedPrecision AccelerateCB',
+    'miniai.vae': 'VAE AutoencoderKL DiagonalGaussian',
+    'miniai.latent': 'LatentCache LatentDiffusion decode_latents',
+    'miniai.text': 'WordTokenizer TextEncoder CrossAttention TextUNetModel TextToImage generate',
 }
 PRESENT = {m: n for m, n in DESIGN.items() if importlib.util.find_spec(m) is not None}
 FOUNDATIONS = [m for m in DESIGN if m.startswith('miniai.scratch') or m in ('miniai.training', 'miniai.datasets', 'miniai.conv')]
