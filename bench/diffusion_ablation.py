@@ -27,7 +27,6 @@ Smoke test (seconds): .venv/bin/python bench/diffusion_ablation.py --smoke
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from miniai.accel import MixedPrecision
 from miniai.datasets import DataLoaders, TensorLoader, DEBIAN_FMNIST, read_fmnist_split, load_fashion_mnist, dataset_tensors
 from miniai.diffusion import (EmbUNetModel, EpsDenoiser, KarrasDenoiser, ddim_sample, ddpm_sample, linear_sched, sample_dpmpp_2m,
                               sample_euler, sample_heun, sigmas_karras)
-from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma
+from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma, save_denoiser
 from miniai.diffusion.train import DDPMCB
 from miniai.ema import EMA
 from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
@@ -214,19 +213,12 @@ def evaluate(recipe, net, rows, a, ie, sched, sig_data, deadline, log, res):
         log()
 
 
-def save_weights(net, cfg, recipe, sig_data, out, extra):
-    "The network's weights as float16 safetensors and its config as JSON, in `out`."
-    from safetensors.torch import save_file
+def save_weights(net, recipe, sig_data, out, extra):
+    "The network's weights as float16 safetensors and its config as JSON, in `out` (`miniai.diffusion.edm.save_denoiser`)."
     unet = net.model if isinstance(net, LogSigmaCond) else net
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in unet.state_dict().items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out / 'fmnist_diffusion.safetensors'))
-    nfs, num_layers, attn_chans, attn_start = cfg
-    conf = dict(model='EmbUNetModel', in_channels=1, out_channels=1, nfs=list(nfs), num_layers=num_layers, attn_chans=attn_chans,
-                attn_start=attn_start, recipe=recipe, parameterisation='edm' if recipe.startswith('edm') else 'eps',
-                sig_data=sig_data, sigma_min=0.002, sigma_max=80., schedule='linear 1e-4..0.02, 1000 steps',
-                data='Fashion-MNIST padded to 32x32, in [-1, 1] (miniai.fid.fmnist_32)', **extra)
-    atomic_write(out / 'fmnist_diffusion.json', json.dumps(conf, indent=2))
+    save_denoiser(unet, out / 'fmnist_diffusion.safetensors', 'edm' if recipe.startswith('edm') else 'eps', sig_data,
+                  recipe=recipe, schedule='linear 1e-4..0.02, 1000 steps',
+                  data='Fashion-MNIST padded to 32x32, in [-1, 1] (miniai.fid.fmnist_32)', **extra)
 
 
 def table(results):
@@ -314,11 +306,18 @@ def main():
         key = f'final:{final}'
         results[key] = dict(kind='final', steps=steps, img_per_s=ips, train_seconds=a.final_seconds,
                             params=sum(p.numel() for p in net.parameters()), config=list(map(str, fcfg)))
-        save_weights(net, fcfg, final, sig_data, out, dict(train_seconds=a.final_seconds, steps=steps, device=dev))
+        out.mkdir(parents=True, exist_ok=True)
+        save_weights(net, final, sig_data, out, dict(train_seconds=a.final_seconds, steps=steps, device=dev))
         log()
         results[key]['rows'] = {}
         evaluate(final, net, a.final_rows.split(','), a, ie, sched, sig_data, deadline, log, results[key]['rows'])
         log()
+        conf = json.loads((out / 'fmnist_diffusion.json').read_text())   # the figures travel with the weights
+        conf['fid'] = {k: dict(sampler=v['label'], steps=v['steps'], model_evals=v['nfe'], fid=round(v['fid'], 3),
+                               fid_half_spread=round(v['fid_spread'], 3), kid=round(v['kid'], 5), n_samples=v['n'], seeds=v['seeds'])
+                       for k, v in results[key]['rows'].items()}
+        conf['fid_protocol'] = "miniai.fid.ImageEval on the shipped classifier's features, against the 10,000 test images; mean over the seeds"
+        atomic_write(out / 'fmnist_diffusion.json', json.dumps(conf, indent=2))
     print(f"\n{dev}; FID/KID vs 10,000 test images on the shipped classifier's features; reals FID {results['_reals']['fid']:.2f}\n")
     print(table(results))
     print(f'\ntotal {time.perf_counter() - t_start:.0f}s; results -> {out / "results.json"}')

@@ -145,7 +145,7 @@ def ema_on_gpu():
 
 @check
 def samplers_half_precision_x():
-    from miniai.diffusion import linear_sched, ddpm_sample, ddim_sample, EpsDenoiser, sample_dpmpp_2m, sigmas_karras
+    from miniai.diffusion import linear_sched, ddim_sample, EpsDenoiser, sample_dpmpp_2m, sigmas_karras
     sched = linear_sched()
     model = lambda x, t: 0.1 * x.float().tanh().to(x.dtype)   # any smooth eps-model
     out = {}

@@ -16,8 +16,7 @@ import argparse, importlib, importlib.util, statistics, sys, time, types
 import torch
 
 from miniai.conv import def_device
-from miniai.diffusion import (EmbUNetModel, EpsDenoiser, ddim_sample, linear_sched, sample_dpmpp_2m, sample_euler,
-                              sample_euler_ancestral, sample_heun, sample_lms, sigmas_karras)
+from miniai.diffusion import (EmbUNetModel, EpsDenoiser, ddim_sample, linear_sched, sigmas_karras)
 
 
 def kdiff_sampling():

@@ -27,7 +27,6 @@ Smoke test: .venv/bin/python bench/text_fmnist.py --smoke
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch

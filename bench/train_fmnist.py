@@ -171,8 +171,8 @@ def main():
     print(f"\nFashion-MNIST {len(dd['train'])} train / {len(dd['test'])} valid images, {a.model} "
           f"({n_params/1e6:.2f}M params), bs {a.bs}, {a.epochs} epochs{f', crop (pad {a.pad})+flip augmentation' if a.augment else ''}, device {dev}, "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"| run | reps | wall s (median) | s/epoch | data % of step | valid accuracy |")
-    print(f"|--|--|--|--|--|--|")
+    print("| run | reps | wall s (median) | s/epoch | data % of step | valid accuracy |")
+    print("|--|--|--|--|--|--|")
     med = {}
     for name, rs in res.items():
         if not rs: continue

@@ -17,7 +17,6 @@ Smoke test (seconds): .venv/bin/python bench/train_fmnist_vae.py --smoke
 """
 import argparse
 import json
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from miniai.accel import MixedPrecision
 from miniai.datasets import DEBIAN_FMNIST, DataLoaders, TensorLoader, dataset_tensors, load_fashion_mnist, read_fmnist_split
 from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
-from miniai.learner import CheckpointCB, DeviceCB, Learner, MetricsCB, ProgressCB, TrainCB
+from miniai.learner import CheckpointCB, Learner, MetricsCB, ProgressCB, TrainCB
 from miniai.sgd import BatchSchedCB
 from miniai.utils import atomic_write
 from miniai.vae import FMNIST_VAE, AutoencoderKL, AutoencoderKLTrainer, FuncMetric, ae_kl_loss, kld_loss, psnr, recon_mse

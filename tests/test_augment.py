@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from miniai.augment import (summary, show_image_batch, CapturePreds, capture_preds, rand_erase, RandErase, rand_copy,
+from miniai.augment import (summary, show_image_batch, capture_preds, rand_erase, RandErase, rand_copy,
                             RandCopy, rand_crop_flip, RandCropFlip, tfm_batch, tta_preds, hflip)
 from miniai.datasets import DataLoaders
 from miniai.init import BatchTransformCB

@@ -5,8 +5,7 @@ import importlib
 from types import SimpleNamespace
 import pytest, torch
 from miniai.diffusion import (linear_sched, cosine_sched, abar, noisify, collate_ddpm, dl_ddpm, ddpm_sample, ddim_sample,
-    ddim_step, sample, sigmas_karras, EpsDenoiser, KarrasDenoiser, cfg_denoiser, sample_lms, sample_dpmpp_2m, sample_euler,
-    EmbUNetModel, CondUNetModel, DDPMCB, NoiseLevelCB, PredictedTimeModel)
+    ddim_step, sigmas_karras, EpsDenoiser, KarrasDenoiser, cfg_denoiser, sample_lms, sample_dpmpp_2m, EmbUNetModel, CondUNetModel, DDPMCB, NoiseLevelCB, PredictedTimeModel)
 
 def g(seed): return torch.Generator().manual_seed(seed)
 

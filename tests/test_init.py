@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from miniai.init import (BatchNorm, BatchTransformCB, GeneralRelu, LayerNorm, clean_ipython_hist, clean_mem, clean_tb,
                          get_model, init_weights, lsuv_init, plot_func)

@@ -23,6 +23,7 @@ DESIGN = {
     'miniai.vae': 'VAE AutoencoderKL DiagonalGaussian',
     'miniai.latent': 'LatentCache LatentDiffusion decode_latents',
     'miniai.text': 'WordTokenizer TextEncoder CrossAttention TextUNetModel TextToImage generate',
+    'miniai.sd': 'UNet2DConditionModel CLIPTextModel StableDiffusion',
 }
 PRESENT = {m: n for m, n in DESIGN.items() if importlib.util.find_spec(m) is not None}
 FOUNDATIONS = [m for m in DESIGN if m.startswith('miniai.scratch') or m in ('miniai.training', 'miniai.datasets', 'miniai.conv')]

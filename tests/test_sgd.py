@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from miniai.sgd import SGD, Momentum, RMSProp, Adam, BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, RecorderCB
+from miniai.sgd import SGD, Momentum, RMSProp, Adam, BatchSchedCB, EpochSchedCB, HasLearnCB, RecorderCB
 
 N_STEPS = 50
 SHAPES = [(7, 3), (5,), (2, 3, 4)]

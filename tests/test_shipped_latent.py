@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from miniai.datasets import SAMPLE_FMNIST, read_fmnist_split
-from miniai.fid import fmnist_32, fmnist_classifier
-from miniai.vae import FMNIST_VAE, AutoencoderKL, fmnist_vae, psnr
+from miniai.fid import fmnist_32
+from miniai.vae import FMNIST_VAE, fmnist_vae, psnr
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 the text-conditioned U-Net, guidance, and the pipeline's save/load."""
 import json
 import math
-import warnings
 
 import pytest
 import torch

@@ -1,13 +1,12 @@
 """`miniai.vae`: the from-scratch `AutoencoderKL` against diffusers' (same state dict, same outputs), the posterior's closed forms,
 loading/saving diffusers folders, and the course's MLP VAE."""
 import json
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from miniai.vae import (AutoencoderKL, DiagonalGaussian, ResnetBlock2D, Downsample2D, Upsample2D, AttentionBlock2D, VAE,
+from miniai.vae import (AutoencoderKL, DiagonalGaussian, ResnetBlock2D, Downsample2D, Upsample2D, VAE,
                         kld_loss, bce_loss, vae_loss, FuncMetric)
 
 diffusers = pytest.importorskip('diffusers')
