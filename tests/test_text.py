@@ -10,8 +10,6 @@ from miniai.text import (CrossAttention, GEGLU, FeedForward, BasicTransformerBlo
                          TextUNetModel, TextToImageNet, TextToImage, Captioner, CaptionEDMCB, fmnist_captions, FMNIST_NAMES)
 from miniai.vae import AutoencoderKL
 
-diffusers = pytest.importorskip('diffusers')
-
 
 def _randomize(m, s=0.1):
     with torch.no_grad():
@@ -22,6 +20,7 @@ def _randomize(m, s=0.1):
 @pytest.mark.parametrize('cross', [False, True])
 @pytest.mark.parametrize('masked', [False, True])
 def test_cross_attention_matches_diffusers(cross, masked):
+    pytest.importorskip('diffusers')   # a dev dependency: only the comparisons with diffusers need it
     from diffusers.models.attention_processor import Attention
     torch.manual_seed(0)
     ref = _randomize(Attention(24, cross_attention_dim=12 if cross else None, heads=3, dim_head=8)).double()
@@ -50,6 +49,7 @@ def test_cross_attention_causal_and_errors():
 
 
 def test_transformer_blocks_match_diffusers():
+    pytest.importorskip('diffusers')
     from diffusers.models.attention import BasicTransformerBlock as RefBlock, FeedForward as RefFF
     from diffusers import Transformer2DModel
     torch.manual_seed(0)
