@@ -24,6 +24,7 @@ The note's table (2-core CPU shared with other agents; 900 CPU-seconds per model
     .venv/bin/python bench/latent_fmnist.py --models pixel --seconds 900
     .venv/bin/python bench/latent_fmnist.py --models latent_s,latent_m --seconds 900 --out bench_out/latent_fmnist_latent
     .venv/bin/python bench/latent_fmnist.py --table --merge bench_out/latent_fmnist_latent
+Forward FLOPs per image of each model and of the autoencoder: .venv/bin/python bench/latent_fmnist.py --flops
 Smoke test: .venv/bin/python bench/latent_fmnist.py --smoke
 """
 import argparse
@@ -152,6 +153,25 @@ def table(results):
     return '\n'.join(lines)
 
 
+def flops_per_sample():
+    "Forward FLOPs per image (torch's FlopCounterMode, batch of 8): each model's U-Net evaluation, the autoencoder's decoder, its encoder."
+    from torch.utils.flop_counter import FlopCounterMode
+    from miniai.vae import AutoencoderKL
+    def count(f, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc: f(x)
+        return fc.get_total_flops() / len(x)
+    res = {}
+    for name, m in MODELS.items():
+        ch, hw = (1, 32) if m['space'] == 'pixel' else (4, 8)
+        net = LogSigmaCond(EmbUNetModel(ch, ch, **{k: v for k, v in m.items() if k != 'space'})).eval()
+        res[name] = count(lambda x: net(x, torch.ones(len(x))), torch.randn(8, ch, hw, hw))
+    vae = AutoencoderKL(1, 1, ('DownEncoderBlock2D',) * 3, ('UpDecoderBlock2D',) * 3, (16, 32, 64), 1, latent_channels=4, norm_num_groups=8,
+                        sample_size=32).eval()   # the shipped autoencoder's shape
+    res['decoder'] = count(vae.decode, torch.randn(8, 4, 8, 8))
+    res['encoder'] = count(lambda x: vae.encode(x).mean, torch.randn(8, 1, 32, 32))
+    return res
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', default='pixel,latent_s,latent_m')
@@ -166,7 +186,15 @@ def main():
     p.add_argument('--table', action='store_true', help='only print the table from --out/results.json (and --merge)')
     p.add_argument('--merge', default='', help='comma-separated other --out folders whose results join the table')
     p.add_argument('--smoke', action='store_true')
+    p.add_argument('--flops', action='store_true', help='only print forward FLOPs per sample of each model and of the autoencoder')
     a = p.parse_args()
+    if a.flops:
+        f = flops_per_sample()
+        for k, v in f.items(): print(f'{k}: {v / 1e6:.1f} MFLOPs per image' + (' per model evaluation' if k in MODELS else ' (one pass)'))
+        for k in MODELS:
+            if MODELS[k]['space'] == 'latent':
+                print(f"{k} at 10 evaluations + decode: {(10 * f[k] + f['decoder']) / 1e6:.1f} MFLOPs vs pixel {10 * f['pixel'] / 1e6:.1f}")
+        return
     out = Path(a.out)
     if a.smoke: a.seconds, a.n_samples, a.sample_bs, a.bs, out = 5., 64, 64, 32, out.with_name(out.name + '_smoke')
     rf = out / 'results.json'
