@@ -133,19 +133,19 @@ def sample_rows(name, net, space, sig_data, ld, rows, a, ie, res, log):
 
 def table(results):
     m = results.get('_meta', {})
-    lines = [f"{m.get('device', '?')}; training budget {m.get('seconds', '?')} CPU-s per model; FID/KID at {m.get('n_samples', '?')} samples "
+    lines = [f"{m.get('device', '?')}; training budget per model in the table (CPU seconds of its process); FID/KID at {m.get('n_samples', '?')} samples "
              "vs the 10,000 test images", '',
-             '| model | params | trained on | training img/CPU-s (wall) | images seen | sampler | model evals | FID | KID | samples/CPU-s |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             '| model | params | trained on | training CPU-s (wall s) | training img/CPU-s | images seen | sampler | model evals | FID | KID | samples/CPU-s |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for k in ('_reals', '_recon'):
         if k in results:
             r = results[k]
-            lines.append(f"| {r['label']} | – | – | – | – | – | – | {r['fid']:.2f} | {r['kid']:.4f} | – |")
+            lines.append(f"| {r['label']} | – | – | – | – | – | – | – | {r['fid']:.2f} | {r['kid']:.4f} | – |")
     for name, r in results.items():
         if name.startswith('_'): continue
         t = r['train']
         for row, v in r.get('rows', {}).items():
-            lines.append(f"| {name} | {t['params'] / 1e6:.2f}M | {r['space']} | {t['img_per_cpu_s']:.0f} ({t['img_per_wall_s']:.0f}) | {t['images']:,} | "
+            lines.append(f"| {name} | {t['params'] / 1e6:.2f}M | {r['space']} | {t['cpu_s']:.0f} ({t['wall_s']:.0f}) | {t['img_per_cpu_s']:.0f} | {t['images']:,} | "
                          f"{v['label']} {v['steps']} | {v['nfe']} | {v['fid']:.2f} | {v['kid']:.4f} | {v['samples_per_cpu_s']:.1f} |")
     if '_cache' in results:
         c = results['_cache']

@@ -40,3 +40,18 @@ def test_shipped_vae_loads_in_diffusers(test_images):
     x, _ = test_images
     ref = diffusers.AutoencoderKL.from_pretrained(FMNIST_VAE)
     with torch.no_grad(): torch.testing.assert_close(fmnist_vae()(x[:8]), ref(x[:8]).sample, rtol=1e-4, atol=1e-4)
+
+
+def test_shipped_text_to_image():
+    "The shipped miniature text-to-image model loads offline and draws, mostly, what the prompt asks for."
+    from miniai.fid import fmnist_classifier
+    from miniai.text import FMNIST_NAMES, FMNIST_T2I, fmnist_text_to_image
+    assert sorted(p.name for p in FMNIST_T2I.iterdir()) == ['config.json', 'model.safetensors', 'tokenizer.json']
+    assert (FMNIST_T2I / 'model.safetensors').stat().st_size < 1e7
+    pipe = fmnist_text_to_image()
+    prompts = [f'a photo of {names[0]}' for names in FMNIST_NAMES] * 2
+    imgs = pipe.generate(prompts, steps=10, guidance_scale=3., generator=torch.Generator().manual_seed(0), progress=False)
+    assert imgs.shape == (20, 1, 32, 32) and 0 <= float(imgs.min()) and float(imgs.max()) <= 1
+    with torch.no_grad(): pred = fmnist_classifier()(imgs * 2 - 1).argmax(1)
+    # the benchmark measured 77% adherence at guidance 3 on 2,048 samples; 20 samples must clear a lower bar
+    assert float((pred == torch.arange(10).repeat(2)).float().mean()) >= 0.5
