@@ -21,10 +21,12 @@ Results are merged into `--out/results.json` after every row, so models can be r
 at the same time need separate `--out` folders: `--table --merge OTHER_OUT` joins them).
 
 The table in bench/results_latent_fmnist.md (2-core CPU shared with other agents; the pixel model had 900 CPU-seconds,
-the latent one 600 for lack of time; latent_m was not run):
+latent_s 600 and, in a later run, 900; latent_m was not run):
     .venv/bin/python bench/latent_fmnist.py --models pixel --seconds 900
     .venv/bin/python bench/latent_fmnist.py --models latent_s --seconds 600 --out bench_out/latent_fmnist_latent
-    .venv/bin/python bench/latent_fmnist.py --table --merge bench_out/latent_fmnist_latent
+    .venv/bin/python bench/latent_fmnist.py --models latent_s --seconds 900 --rows dpmpp2m10 --out bench_out/latent_fmnist_latent900
+    .venv/bin/python bench/latent_fmnist.py --table --merge bench_out/latent_fmnist_latent,bench_out/latent_fmnist_latent900
+(the last run's key renamed latent_s -> latent_s_900 in its results.json, and its cache-read rows dropped, before merging)
 Forward FLOPs per image of each model and of the autoencoder: .venv/bin/python bench/latent_fmnist.py --flops
 Smoke test: .venv/bin/python bench/latent_fmnist.py --smoke
 """
