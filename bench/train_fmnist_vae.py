@@ -72,6 +72,8 @@ def main():
     p.add_argument('--latent', type=int, default=4); p.add_argument('--groups', type=int, default=8)
     p.add_argument('--kl', type=float, default=1e-4)
     p.add_argument('--epochs', type=int, default=24); p.add_argument('--epoch-images', type=int, default=10240)
+    p.add_argument('--schedule-epochs', type=int, default=None,
+                   help='length of the one-cycle schedule in epochs (default --epochs); fewer --epochs stops a run early on that schedule')
     p.add_argument('--bs', type=int, default=64); p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--wd', type=float, default=1e-4)
     p.add_argument('--amp', default='bf16', choices=['bf16', 'no'])
@@ -100,7 +102,7 @@ def main():
     n_batches = a.epoch_images // a.bs
     dls = DataLoaders(RandomBatches(xtr, a.bs, n_batches, torch.Generator().manual_seed(a.seed)),
                       TensorLoader(xte[:1024], xte[:1024], 512, tfm=None))
-    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=a.epochs * n_batches, pct_start=0.1)
+    sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=(a.schedule_epochs or a.epochs) * n_batches, pct_start=0.1)
     opt = partial(torch.optim.AdamW, eps=1e-5, weight_decay=a.wd)
     ckpt = out / 'ckpt.pt'
     cbs = [MixedPrecision(a.amp) if a.amp != 'no' else TrainCB(), BatchSchedCB(sched), CheckpointCB(ckpt), ProgressCB(notebook=False),
@@ -120,11 +122,12 @@ def main():
     vae.save_pretrained(out / 'vae', dtype=dtype)
     shipped = AutoencoderKL.from_pretrained(out / 'vae')   # evaluate the weights as written
     rec, _ = reconstruct(shipped, xte)
+    psnr_f32 = psnr(reconstruct(vae, xte)[0], xte) if dtype != torch.float32 else None   # what the rounding of the weights costs
     ie = ImageEval(fmnist_classifier(head=False), DataLoaders([], TensorLoader(xte, torch.zeros(len(xte)), 1000, tfm=None)))
     res = dict(params=n_params, chans=list(chans), layers_per_block=a.lpb, latent=[a.latent, 32 // vae.downsample_factor, 32 // vae.downsample_factor],
-               kl_weight=a.kl, epochs=a.epochs, epoch_images=a.epoch_images, bs=a.bs, lr=a.lr, train_seconds_last_run=train_s,
+               kl_weight=a.kl, epochs=a.epochs, schedule_epochs=a.schedule_epochs or a.epochs, epoch_images=a.epoch_images, bs=a.bs, lr=a.lr, train_seconds_last_run=train_s,
                latent_std=std, latent_channel_means=mean, scaling_factor=vae.config['scaling_factor'], weights_dtype=a.dtype,
-               psnr_test=psnr(rec, xte), mse_test=float((rec - xte).pow(2).mean()),
+               psnr_test=psnr(rec, xte), psnr_test_float32_weights=psnr_f32, mse_test=float((rec - xte).pow(2).mean()),
                fid_recon_test=ie.fid(rec), kid_recon_test=ie.kid(rec), fid_reals_train=ie.fid(xtr[:10000]), kid_reals_train=ie.kid(xtr[:10000]),
                history=learn.history[-2:], threads=torch.get_num_threads(), total_seconds=time.perf_counter() - t_start)
     atomic_write(out / 'results.json', json.dumps(res, indent=2))
@@ -134,9 +137,10 @@ def main():
           f"{res['psnr_test']:.2f} dB | {res['fid_recon_test']:.2f} | {res['kid_recon_test']:.4f} | {res['fid_reals_train']:.2f} |")
     if a.ship:
         conf = json.loads((out / 'vae' / 'config.json').read_text())
-        conf['_miniai'] = {k: res[k] for k in ('psnr_test', 'fid_recon_test', 'kid_recon_test', 'kl_weight', 'epochs', 'epoch_images', 'latent_std')}
+        conf['_miniai'] = {k: res[k] for k in ('psnr_test', 'psnr_test_float32_weights', 'fid_recon_test', 'kid_recon_test', 'fid_reals_train', 'params',
+                                                   'kl_weight', 'epochs', 'schedule_epochs', 'epoch_images', 'latent_std', 'weights_dtype')}
         conf['_miniai']['data'] = 'Fashion-MNIST train, padded to 32x32, in [-1, 1] (miniai.fid.fmnist_32)'
-        conf['_miniai']['command'] = 'python bench/train_fmnist_vae.py --ship'
+        conf['_miniai']['command'] = 'python bench/train_fmnist_vae.py --ship' + (f' --epochs {a.epochs} --schedule-epochs {a.schedule_epochs}' if a.schedule_epochs else '') + (f' --dtype {a.dtype}' if a.dtype != 'float32' else '')
         shipped.save_pretrained(FMNIST_VAE, dtype=dtype)
         atomic_write(FMNIST_VAE / 'config.json', json.dumps(conf, indent=2) + '\n')
         print(f'shipped to {FMNIST_VAE}')

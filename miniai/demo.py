@@ -193,6 +193,7 @@ def _parser():
     p.add_argument('--no-pretrained', action='store_true', help='skip the shipped diffusion model\'s sample grid')
     p.add_argument('--pretrained-fid-samples', type=int, default=0, help='measure the shipped model\'s FID on N samples here (default: 0, report the benchmark\'s)')
     p.add_argument('--no-bf16', action='store_true', help='train and sample in float32 even where bfloat16 autocast is fast')
+    p.add_argument('--latent', action='store_true', help="also decode a prompt grid from the shipped miniature text-to-image model (notebook 31; seconds) -> latent_grid.png")
     return p
 
 # %% ../nbs/90_demo.ipynb #d4321aa4
@@ -261,6 +262,13 @@ def main(argv=None):
     a = _parser().parse_args(argv)
     import matplotlib
     if not os.environ.get('MPLBACKEND'): matplotlib.use('Agg')
-    run_demo(a.out, a.data, a.epochs, a.bs, a.lr, a.nfs, a.n_train, a.device, a.seed, False if a.no_progress else None,
-             a.resnet_epochs, a.resnet_nfs, a.resnet_lr, a.diffusion_epochs, a.diffusion_n_train, a.diffusion_samples,
-             not a.no_pretrained, a.pretrained_fid_samples, False if a.no_bf16 else None)
+    metrics = run_demo(a.out, a.data, a.epochs, a.bs, a.lr, a.nfs, a.n_train, a.device, a.seed, False if a.no_progress else None,
+                       a.resnet_epochs, a.resnet_nfs, a.resnet_lr, a.diffusion_epochs, a.diffusion_n_train, a.diffusion_samples,
+                       not a.no_pretrained, a.pretrained_fid_samples, False if a.no_bf16 else None)
+    if a.latent:
+        from miniai.text import demo_latent
+        lat = demo_latent(a.out)
+        metrics['latent'] = lat
+        atomic_write(Path(a.out)/'metrics.json', json.dumps(metrics, indent=2))
+        print(f"text-to-image in latent space: {len(lat['prompts'])} prompts, {lat['steps']} steps, guidance {lat['guidance_scale']}, "
+              f"in {lat['seconds']:.1f}s; grid -> {lat['path']}")

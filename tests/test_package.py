@@ -20,7 +20,6 @@ DESIGN = {
     'miniai.resnet': 'act_gr ResBlock',
     'miniai.augment': 'summary show_image_batch CapturePreds capture_preds rand_erase RandErase rand_copy RandCopy',
     'miniai.accel': 'MixedPrecision AccelerateCB',
-    'miniai.sd': 'UNet2DConditionModel CLIPTextModel StableDiffusion',
     'miniai.vae': 'VAE AutoencoderKL DiagonalGaussian',
     # practitioner workflows (notebooks 40-47)
     'miniai.finetune': 'fit_one_cycle freeze freeze_to unfreeze fine_tune',
@@ -32,6 +31,9 @@ DESIGN = {
     'miniai.tabular': 'tabular_learner',
     'miniai.collab': 'collab_learner',
     'miniai.app': 'learner_app',
+    'miniai.latent': 'LatentCache LatentDiffusion decode_latents',
+    'miniai.text': 'WordTokenizer TextEncoder CrossAttention TextUNetModel TextToImage generate',
+    'miniai.sd': 'UNet2DConditionModel CLIPTextModel StableDiffusion',
 }
 PRESENT = {m: n for m, n in DESIGN.items() if importlib.util.find_spec(m) is not None}
 FOUNDATIONS = [m for m in DESIGN if m.startswith('miniai.scratch') or m in ('miniai.training', 'miniai.datasets', 'miniai.conv')]
