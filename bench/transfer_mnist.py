@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from miniai.vision import image_dls, load_mnist, vision_learner
+from miniai.mnist import load_mnist
+from miniai.vision import image_dls, vision_learner
 import miniai.interpret  # noqa: F401 (get_preds)
 from miniai.datasets import TensorLoader
 

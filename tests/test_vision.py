@@ -1,63 +1,12 @@
-"Tests for miniai.vision: the safe MNIST unpickler, cutting bodies, fastai's head, weights loading, the splitter, vision_learner."
-import gzip
-import os
-import pickle
+"Tests for miniai.vision (MNIST loading is miniai.mnist's, tests/test_mnist.py): cutting bodies, fastai's head, weights loading, the splitter, vision_learner."
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from miniai.vision import (AdaptiveConcatPool2d, Normalize, SigmoidRange, create_body, create_head, image_dls, load_mnist,
-                           read_mnist_pickle, vision_learner, vision_model, vision_splitter, _NumpyUnpickler)
+from miniai.vision import (AdaptiveConcatPool2d, Normalize, SigmoidRange, create_body, create_head, image_dls,
+                           vision_learner, vision_model, vision_splitter)
 from miniai.resnet import get_resnet
-
-
-class Evil:
-    def __reduce__(self): return (os.system, ('echo pwned',))
-
-
-def write_fake_mnist(path, n=(5, 3, 2), seed=0):
-    rng = np.random.default_rng(seed)
-    splits = []
-    for k in n:
-        x = rng.integers(0, 256, (k, 784)).astype(np.float32) / 255
-        splits.append((x, rng.integers(0, 10, k).astype(np.int64)))
-    with gzip.open(path, 'wb') as f: pickle.dump(tuple(splits), f, protocol=4)
-    return splits
-
-
-def test_numpy_unpickler_refuses_code_and_objects(tmp_path):
-    with pytest.raises(pickle.UnpicklingError, match='posix.system|os.system|refusing'):
-        _NumpyUnpickler(__import__('io').BytesIO(pickle.dumps(Evil()))).load()
-    with pytest.raises(pickle.UnpicklingError, match='object dtype'):
-        _NumpyUnpickler(__import__('io').BytesIO(pickle.dumps(np.array([1, 'a'], dtype=object), protocol=4))).load()
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(_NumpyUnpickler(__import__('io').BytesIO(pickle.dumps(a, protocol=4))).load(), a)
-
-
-def test_read_mnist_pickle_roundtrip(tmp_path):
-    splits = write_fake_mnist(tmp_path / 'm.pkl.gz')
-    res = read_mnist_pickle(tmp_path / 'm.pkl.gz')
-    for (x, y), nm in zip(splits, ('train', 'valid', 'test')):
-        np.testing.assert_array_equal(res[nm][0].reshape(len(x), -1), np.rint(x * 255).astype(np.uint8))
-        np.testing.assert_array_equal(res[nm][1], y)
-    d = load_mnist(tmp_path / 'm.pkl.gz', cache=tmp_path / 'cache')
-    assert d['train'][0].shape == (5, 28, 28) and d['train'][0].dtype == torch.uint8
-    assert len(list((tmp_path / 'cache' / 'mnist').glob('*.npz'))) == 1
-    d2 = load_mnist(tmp_path / 'm.pkl.gz', cache=tmp_path / 'cache')   # from the cache
-    assert torch.equal(d['test'][0], d2['test'][0])
-    with gzip.open(tmp_path / 'bad.pkl.gz', 'wb') as f: pickle.dump(Evil(), f)
-    with pytest.raises(pickle.UnpicklingError): read_mnist_pickle(tmp_path / 'bad.pkl.gz')
-    with gzip.open(tmp_path / 'odd.pkl.gz', 'wb') as f: pickle.dump((np.zeros(3),), f, protocol=4)
-    with pytest.raises(ValueError, match='three'): read_mnist_pickle(tmp_path / 'odd.pkl.gz')
-
-
-def test_real_mnist_if_installed():
-    try: d = load_mnist()
-    except FileNotFoundError as e: pytest.skip(str(e))
-    assert [len(d[k][0]) for k in ('train', 'valid', 'test')] == [50000, 10000, 10000]
-    assert d['test'][1][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]   # MNIST's first test labels
 
 
 def test_concat_pool_and_sigmoid_range():
