@@ -100,6 +100,7 @@ bench: data $(VENV)/.dev-installed
 	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/matmul.py
 	$(BIN)/python bench/conv.py
+	$(BIN)/python bench/sampler_overhead.py --quick
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

@@ -16,6 +16,7 @@ import argparse, importlib, importlib.util, statistics, sys, time, types
 import torch
 
 from miniai.conv import def_device
+import miniai.diffusion as ours_samplers   # sample_euler, ..., sample_dpmpp_2m looked up by name below
 from miniai.diffusion import (EmbUNetModel, EpsDenoiser, ddim_sample, linear_sched, sigmas_karras)
 
 
@@ -133,7 +134,7 @@ def main():
         def ns():
             it = iter(noise)
             return dict(noise_sampler=lambda sigma, sigma_next: next(it)) if name == 'sample_euler_ancestral' else {}
-        ours_f, ref_f = globals()[name], getattr(K, name)
+        ours_f, ref_f = getattr(ours_samplers, name), getattr(K, name)
         return (lambda m=model: ours_f(m, x, sigmas, **ns())), (lambda m=model: ref_f(m, x, sigmas, disable=True, **ns()))
 
     def ddim_pair(n, model=unet):
