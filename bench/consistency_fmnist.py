@@ -45,6 +45,7 @@ from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
 from miniai.learner import CancelFitException, Callback, DeviceCB, Learner, TrainCB
 from miniai.sgd import BatchSchedCB
 from miniai.utils import atomic_write
+from diffusion_ablation import Autocast   # bench/ is the script's folder, so its sibling imports
 
 
 class Deadline(Callback):
@@ -66,14 +67,6 @@ class LossLog(Callback):
             self.curve.append(round(self.acc / self.every, 5))
             print(f'  step {self.n}: loss {self.acc / self.every:.4f} ({(time.perf_counter() - self.t0) / self.n:.2f} s/step)', flush=True)
             self.acc = 0.
-
-
-class Autocast(torch.nn.Module):
-    "Run `model` under bf16 autocast (when `on`) and return float32."
-    def __init__(self, model, on): super().__init__(); self.model, self.on = model, on
-    def forward(self, x, *args):
-        if not self.on: return self.model(x, *args)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16): return self.model(x, *args).float()
 
 
 def make_model(a, teacher):
@@ -198,7 +191,7 @@ def main():
     reals = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(a.seed))[:a.n_samples]]
     res['reals'] = dict(fid=ie.fid(reals), kid=ie.kid(reals))
     print(f"reals (floor): FID {res['reals']['fid']:.2f} KID {res['reals']['kid']:.4f}", flush=True)
-    net = Autocast(model, bf16)
+    net = Autocast(model, torch.bfloat16 if bf16 else None)
     net.sigma_min = 0.002
     # 2 evaluations: pick tau by KID on 512 samples (a different noise seed from the final rows)
     grid = {}
@@ -224,7 +217,7 @@ def main():
             show_images(((s[:32] + 1) / 2).clamp(0, 1), nrows=4, imsize=1)
             plt.savefig(out / 'samples_1step.png'); plt.close('all')
     if a.baseline:
-        den = Autocast(teacher, bf16)
+        den = Autocast(teacher, torch.bfloat16 if bf16 else None)
         for nfe in (1, 2, 4):
             s = dr(den, sigmas_karras(nfe, 0.002, 80., device=a.device), a.n_samples, a.sample_bs, a.seed + 1000, consistency=False)
             res['rows'][f'dpmpp2m{nfe}'] = dict(evals=nfe, fid=ie.fid(s), kid=ie.kid(s))

@@ -57,22 +57,24 @@ def sync(device):
 
 
 class TimedOneCycle(Callback):
-    "One-cycle lr (cosine up from lr/div over `pct` of the time, cosine down to lr/div_final) over `seconds` of training; then stop."
+    "One-cycle lr (cosine up from lr/div over `pct` of the budget, cosine down to lr/div_final) over `seconds` of `clock`; then stop."
     order = 5
-    def __init__(self, seconds, lr, pct=0.25, div=25., div_final=1e4): self.seconds, self.lr, self.pct, self.div, self.div_final = seconds, lr, pct, div, div_final
-    def before_fit(self, learn): self.t0, self.steps = time.perf_counter(), 0
+    def __init__(self, seconds, lr, pct=0.25, div=25., div_final=1e4, clock=time.perf_counter):
+        self.seconds, self.lr, self.pct, self.div, self.div_final, self.clock = seconds, lr, pct, div, div_final, clock
+    def before_fit(self, learn): self.t0, self.w0, self.steps = self.clock(), time.perf_counter(), 0
     def lr_at(self, f):
-        "The lr at fraction `f` of the time."
+        "The lr at fraction `f` of the budget."
         lo, hi, end = self.lr / self.div, self.lr, self.lr / self.div_final
         if f < self.pct: return lo + (hi - lo) * (1 - math.cos(math.pi * f / self.pct)) / 2
         g = (f - self.pct) / (1 - self.pct)
         return end + (hi - end) * (1 + math.cos(math.pi * min(g, 1.))) / 2
     def before_batch(self, learn):
         if not learn.training: return
-        f = (time.perf_counter() - self.t0) / self.seconds
+        f = (self.clock() - self.t0) / self.seconds
         if f >= 1: raise CancelFitException()
         for g in learn.opt.param_groups: g['lr'] = self.lr_at(f)
         self.steps += 1
+    def cleanup_fit(self, learn): self.used, self.wall = self.clock() - self.t0, time.perf_counter() - self.w0
 
 
 class MinSNR(Callback):

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusion_ablation import Autocast, Counted          # noqa: E402 (bench helpers)
+from diffusion_ablation import Autocast, Counted, TimedOneCycle          # noqa: E402 (bench helpers)
 from train_fmnist_vae import load_fmnist32                # noqa: E402
 
 from miniai.accel import MixedPrecision
@@ -51,7 +51,7 @@ from miniai.diffusion.edm import EDMCB, LogSigmaCond, data_sigma
 from miniai.ema import EMA
 from miniai.fid import ImageEval, fmnist_classifier
 from miniai.latent import LatentCache, LatentDiffusion, decode_latents, get_sampler
-from miniai.learner import CancelFitException, Callback, Learner, MetricsCB
+from miniai.learner import Learner, MetricsCB
 from miniai.utils import atomic_write
 from miniai.vae import fmnist_vae
 
@@ -61,41 +61,21 @@ MODELS = {'pixel': dict(space='pixel', nfs=(16, 32, 64, 128), num_layers=1, attn
 ROWS = {'dpmpp2m10': ('DPM++ 2M', 'dpmpp_2m', 10), 'dpmpp2m20': ('DPM++ 2M', 'dpmpp_2m', 20), 'heun10': ('Heun', 'heun', 10)}
 
 
-class BudgetOneCycle(Callback):
-    "One-cycle lr (cosine up from lr/div over `pct` of the budget, cosine down to lr/div_final) over `seconds` of `clock`; then stop."
-    order = 5
-    def __init__(self, seconds, lr, pct=0.25, div=25., div_final=1e4, clock=time.process_time):
-        self.seconds, self.lr, self.pct, self.div, self.div_final, self.clock = seconds, lr, pct, div, div_final, clock
-    def before_fit(self, learn): self.t0, self.w0, self.steps = self.clock(), time.perf_counter(), 0
-    def lr_at(self, f):
-        lo, hi, end = self.lr / self.div, self.lr, self.lr / self.div_final
-        if f < self.pct: return lo + (hi - lo) * (1 - math.cos(math.pi * f / self.pct)) / 2
-        g = (f - self.pct) / (1 - self.pct)
-        return end + (hi - end) * (1 + math.cos(math.pi * min(g, 1.))) / 2
-    def before_batch(self, learn):
-        if not learn.training: return
-        f = (self.clock() - self.t0) / self.seconds
-        if f >= 1: raise CancelFitException()
-        for g in learn.opt.param_groups: g['lr'] = self.lr_at(f)
-        self.steps += 1
-    def cleanup_fit(self, learn): self.cpu, self.wall = self.clock() - self.t0, time.perf_counter() - self.w0
-
-
 def train(name, loader, channels, sig_data, a):
     "Train model `name` on `loader` for `a.seconds` CPU seconds; returns the EMA network and its training stats."
     cfg = {k: v for k, v in MODELS[name].items() if k != 'space'}
     torch.manual_seed(a.seed)
     net = LogSigmaCond(EmbUNetModel(channels, channels, **cfg))
-    ema, timer = EMA(a.ema_decay), BudgetOneCycle(a.seconds, a.lr)
+    ema, timer = EMA(a.ema_decay), TimedOneCycle(a.seconds, a.lr, clock=time.process_time)
     opt = lambda ps, lr: torch.optim.AdamW(ps, lr=lr, eps=1e-5, weight_decay=0.)
     learn = Learner(net, DataLoaders(loader, []), F.mse_loss, lr=a.lr, opt_func=opt,
                     cbs=[EDMCB(sig_data, generator=torch.Generator().manual_seed(a.seed + 1)), ema, timer, MetricsCB(), MixedPrecision('bf16')])
     learn.fit(10**6, valid=False)
     n_img = timer.steps * a.bs
-    st = dict(params=sum(p.numel() for p in net.parameters()), steps=timer.steps, images=n_img, cpu_s=timer.cpu, wall_s=timer.wall,
-              img_per_cpu_s=n_img / timer.cpu, img_per_wall_s=n_img / timer.wall, last_loss=learn.history[-1]['loss'] if learn.history else None,
+    st = dict(params=sum(p.numel() for p in net.parameters()), steps=timer.steps, images=n_img, cpu_s=timer.used, wall_s=timer.wall,
+              img_per_cpu_s=n_img / timer.used, img_per_wall_s=n_img / timer.wall, last_loss=learn.history[-1]['loss'] if learn.history else None,
               config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
-    print(f"  {name}: {st['params'] / 1e6:.2f}M params, {timer.steps} steps ({n_img:,} images) in {timer.cpu:.0f} CPU-s / {timer.wall:.0f} s wall, "
+    print(f"  {name}: {st['params'] / 1e6:.2f}M params, {timer.steps} steps ({n_img:,} images) in {timer.used:.0f} CPU-s / {timer.wall:.0f} s wall, "
           f"{st['img_per_cpu_s']:.0f} img/CPU-s, last loss {st['last_loss']}", flush=True)
     return ema.ema_model.eval(), st
 

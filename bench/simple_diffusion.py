@@ -33,15 +33,7 @@ from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
 from miniai.learner import DeviceCB, Learner, TrainCB
 from miniai.transformer import SimpleDiffusionModel
 from miniai.utils import atomic_write
-from diffusion_ablation import TimedOneCycle   # bench/ is the script's folder, so its sibling imports
-
-
-class Autocast(torch.nn.Module):
-    "Run `model` under bf16 autocast (when `on`) and return float32."
-    def __init__(self, model, on): super().__init__(); self.model, self.on = model, on
-    def forward(self, x, *args):
-        if not self.on: return self.model(x, *args)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16): return self.model(x, *args).float()
+from diffusion_ablation import Autocast, TimedOneCycle   # bench/ is the script's folder, so its sibling imports
 
 
 def models(a):
@@ -104,7 +96,7 @@ def main():
         print(f'{name}: {n_par:,} parameters, training {a.minutes} min', flush=True)
         net, steps, secs = train(make, a, xtr, bf16)
         t = time.perf_counter()
-        s = draw(KarrasDenoiser(Autocast(net, bf16), a.sig_data), a.n_samples, a.sample_bs, a.steps, a.seed + 1000, a.device)
+        s = draw(KarrasDenoiser(Autocast(net, torch.bfloat16 if bf16 else None), a.sig_data), a.n_samples, a.sample_bs, a.steps, a.seed + 1000, a.device)
         dt = time.perf_counter() - t
         r = dict(params=n_par, steps=steps, epochs=steps * a.bs / len(xtr), train_s=secs, fid=ie.fid(s), kid=ie.kid(s), samples_per_s=a.n_samples / dt)
         res['rows'][name] = r

@@ -28,14 +28,15 @@ Smoke test: .venv/bin/python bench/text_fmnist.py --smoke
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusion_ablation import Autocast                      # noqa: E402
-from latent_fmnist import BudgetOneCycle, clocks             # noqa: E402
+from diffusion_ablation import Autocast, TimedOneCycle       # noqa: E402
+from latent_fmnist import clocks                             # noqa: E402
 
 from miniai.accel import MixedPrecision
 from miniai.datasets import DEBIAN_FMNIST, DataLoaders, TensorLoader, dataset_tensors, load_fashion_mnist, read_fmnist_split
@@ -79,14 +80,14 @@ def load_data():
 
 def fit(net, loader, cb, a):
     "Train `net` with the batch callback `cb`, EMA and the CPU budget; returns the EMA copy and the training stats."
-    ema, timer = EMA(a.ema_decay), BudgetOneCycle(a.seconds, a.lr)
+    ema, timer = EMA(a.ema_decay), TimedOneCycle(a.seconds, a.lr, clock=time.process_time)
     opt = lambda ps, lr: torch.optim.AdamW(ps, lr=lr, eps=1e-5, weight_decay=0.)
     learn = Learner(net, DataLoaders(loader, []), F.mse_loss, lr=a.lr, opt_func=opt, cbs=[cb, ema, timer, MetricsCB(), MixedPrecision('bf16')])
     learn.fit(10**6, valid=False)
     n_img = timer.steps * a.bs
-    st = dict(params=sum(p.numel() for p in net.parameters()), steps=timer.steps, images=n_img, cpu_s=timer.cpu, wall_s=timer.wall,
-              img_per_cpu_s=n_img / timer.cpu, img_per_wall_s=n_img / timer.wall)
-    print(f"  {st['params'] / 1e6:.2f}M params, {timer.steps} steps ({n_img:,} images) in {timer.cpu:.0f} CPU-s / {timer.wall:.0f} s wall", flush=True)
+    st = dict(params=sum(p.numel() for p in net.parameters()), steps=timer.steps, images=n_img, cpu_s=timer.used, wall_s=timer.wall,
+              img_per_cpu_s=n_img / timer.used, img_per_wall_s=n_img / timer.wall)
+    print(f"  {st['params'] / 1e6:.2f}M params, {timer.steps} steps ({n_img:,} images) in {timer.used:.0f} CPU-s / {timer.wall:.0f} s wall", flush=True)
     return ema.ema_model.eval(), st
 
 
