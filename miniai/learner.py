@@ -90,7 +90,8 @@ def _fmt(v):
 
 class MetricsCB(Callback):
     "Update `metrics` (objects with `update/compute/reset`) and the mean loss each batch; log one row per pass to `learn.log`."
-    def __init__(self, *ms, **metrics):
+    def __init__(self, *ms, n_inp=1, **metrics):
+        self.n_inp = n_inp   # batches are `n_inp` inputs, then the targets (as for `TrainCB`)
         for o in ms: metrics[type(o).__name__] = o
         for k, m in metrics.items(): _check_metric(k, m)
         self.metrics = metrics
@@ -115,7 +116,7 @@ class MetricsCB(Callback):
 
     def after_batch(self, learn):
         if learn.preds is None or learn.loss is None: return   # a batch cancelled before its loss
-        x, y, *_ = learn.batch
+        x, y = learn.batch[0], learn.batch[self.n_inp]
         if self.metrics:
             preds, y = to_cpu(learn.preds), to_cpu(y)
             for m in self.metrics.values(): m.update(preds, y)

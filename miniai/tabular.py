@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['NA_STRINGS', 'read_csv_columns', 'penguins_path', 'TabularProcs', 'split_rows', 'tabular_dls', 'emb_sz_rule',
-           'TabularModel', 'tabular_model', 'MultiInputMetricsCB', 'tabular_learner']
+           'TabularModel', 'tabular_model', 'tabular_learner']
 
 # %% ../nbs/46_tabular.ipynb #961bc556
 import csv
@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .datasets import DataLoaders
-from .learner import Learner, MetricsCB, TrainCB, DeviceCB, ProgressCB, Accuracy, to_cpu
+from .learner import Learner, MetricsCB, TrainCB, DeviceCB, ProgressCB, Accuracy
 from .conv import def_device
 from .sgd import Adam
 from .vision import SigmoidRange
@@ -188,20 +188,6 @@ def tabular_model(emb_szs, n_cont, out_sz, layers, ps=0., embed_p=0., y_range=No
 
 tabular_model.miniai_builder = True
 
-# %% ../nbs/46_tabular.ipynb #a5ef4c0e
-class MultiInputMetricsCB(MetricsCB):
-    "`MetricsCB` for batches of `n_inp` inputs then targets: metrics see `batch[n_inp]`, the loss is weighted by `len(batch[0])`."
-    def __init__(self, *ms, n_inp=2, **metrics):
-        super().__init__(*ms, **metrics)
-        self.n_inp = n_inp
-    def after_batch(self, learn):
-        if learn.preds is None or learn.loss is None: return
-        x, y = learn.batch[0], learn.batch[self.n_inp]
-        if self.metrics:
-            preds, y = to_cpu(learn.preds), to_cpu(y)
-            for m in self.metrics.values(): m.update(preds, y)
-        self.loss.update(to_cpu(learn.loss), weight=len(x))
-
 # %% ../nbs/46_tabular.ipynb #8c2d1153
 def _prepare_row(procs):
     "A function turning one row (a dict) into model inputs with `procs`."
@@ -228,7 +214,7 @@ def tabular_learner(dls, layers=(200, 100), emb_szs=None, y_range=None, ps=0., e
     model = tabular_model(szs, len(procs.cont_names), out_sz, list(layers), ps, embed_p, y_range, True)
     if loss_func is None: loss_func = F.mse_loss if regression else F.cross_entropy
     if metrics is None: metrics = {} if regression else {'accuracy': Accuracy()}
-    all_cbs = [TrainCB(n_inp=2), DeviceCB(device), MultiInputMetricsCB(n_inp=2, **metrics)] + [ProgressCB() if progress else SilentLog()] + list(cbs or [])
+    all_cbs = [TrainCB(n_inp=2), DeviceCB(device), MetricsCB(n_inp=2, **metrics)] + [ProgressCB() if progress else SilentLog()] + list(cbs or [])
     learn = Learner(model, dls, loss_func, lr=lr, cbs=all_cbs, opt_func=opt_func)
     learn.vocab, learn.task, learn.procs = dls.vocab, 'regression' if regression else 'single_label', procs
     learn.export_extra = {'procs': procs.state(), 'y_name': dls.y_name}
