@@ -7,7 +7,6 @@ MINIAI_APP_SCREENSHOT=file.png to keep a screenshot of the page with its predict
 """
 import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,20 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from browser import chromedriver, chromium, why_no_browser
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _chromium():
-    for name in ('chromium', 'chromium-browser', 'google-chrome'):
-        if p := shutil.which(name): return p
-
-def _chromedriver(): return shutil.which('chromedriver') or next((p for p in ('/usr/lib/chromium/chromedriver',) if Path(p).exists()), None)
-
 def _why_not():
     if importlib.util.find_spec('gradio') is None: return 'gradio is not installed (pip install -e .[app]; `make app` installs it)'
-    if importlib.util.find_spec('selenium') is None: return 'selenium is not installed (pip install -e .[docs])'
-    if not _chromium(): return 'no Chromium (Debian: apt-get install chromium chromium-driver)'
-    if not _chromedriver(): return 'no chromedriver (Debian: apt-get install chromium-driver)'
+    return why_no_browser()
 
 
 def _free_port():
@@ -85,11 +78,11 @@ def test_upload_and_read_the_prediction(served):
     from selenium.webdriver.support.ui import WebDriverWait
     url, png, expected = served
     opts = webdriver.ChromeOptions()
-    opts.binary_location = _chromium()
+    opts.binary_location = chromium()
     for a in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
               '--no-first-run', '--window-size=1280,900', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'):
         opts.add_argument(a)
-    d = webdriver.Chrome(service=Service(_chromedriver()), options=opts)
+    d = webdriver.Chrome(service=Service(chromedriver()), options=opts)
     try:
         d.set_page_load_timeout(60)
         d.get(url)

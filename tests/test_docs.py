@@ -7,7 +7,7 @@ Chromium driven by selenium through Debian's `chromium-driver`; every other host
 shows that the pages need no network. Without mkdocs (`pip install -e .[docs]`), selenium or Chromium, the browser
 tests skip and say which is missing.
 """
-import functools, http.server, importlib.util, json, os, re, shutil, subprocess, sys, threading, tomllib
+import functools, http.server, importlib.util, json, os, re, subprocess, sys, threading, tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.error import HTTPError
@@ -15,6 +15,8 @@ from urllib.parse import urldefrag, urljoin
 from urllib.request import urlopen
 
 import pytest
+
+from browser import chromedriver, chromium, why_no_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT/'miniai'
@@ -41,22 +43,10 @@ def test_project_urls_and_readme_nb():
 
 # ---- the site in a browser ---------------------------------------------------------------------------------------
 
-def _chromium():
-    for name in ('chromium', 'chromium-browser', 'google-chrome'):
-        if p := shutil.which(name): return p
-
-def _chromedriver(): return shutil.which('chromedriver') or next((p for p in ('/usr/lib/chromium/chromedriver',) if Path(p).exists()), None)
-
-def _why_no_browser():
-    if importlib.util.find_spec('selenium') is None: return 'selenium is not installed (pip install -e .[docs])'
-    if not _chromium(): return 'no Chromium (Debian: apt-get install chromium chromium-driver)'
-    if not _chromedriver(): return 'no chromedriver (Debian: apt-get install chromium-driver)'
-
-
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     "A built site: `$MINIAI_DOCS_SITE`, or one built now from this checkout."
-    if (why := _why_no_browser()): pytest.skip(why)
+    if (why := why_no_browser()): pytest.skip(why)
     if env := os.environ.get('MINIAI_DOCS_SITE'):
         path = Path(env)
         if not (path/'index.html').exists(): pytest.fail(f"MINIAI_DOCS_SITE={env} has no index.html: run `make docs`")
@@ -88,13 +78,13 @@ def browser(server):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
-    opts.binary_location = _chromium()
+    opts.binary_location = chromium()
     for a in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
               '--disable-component-update', '--disable-sync', '--no-first-run', '--window-size=1280,1000',
               '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'):   # no host but this machine: offline
         opts.add_argument(a)
     opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    d = webdriver.Chrome(service=Service(_chromedriver()), options=opts)
+    d = webdriver.Chrome(service=Service(chromedriver()), options=opts)
     d.set_page_load_timeout(60)
     yield d
     d.quit()
