@@ -10,12 +10,16 @@ It also measures, in the same run, what each lever is worth (training images/s o
 bfloat16 autocast vs float32, channels-last vs not, `torch.compile` vs eager) and what the Learner costs against a bare
 loop over the same model, data and schedule.
 
-Run (2-core CPU): .venv/bin/python bench/speedrun_fmnist.py                 # 3 seeds of the default recipe
-                  .venv/bin/python bench/speedrun_fmnist.py --epochs 16 --width 48   # the longer, more accurate one
+Run (2-core CPU): .venv/bin/python bench/speedrun_fmnist.py                 # 3 seeds of the default recipe (width 24, 5.5 epochs)
+                  .venv/bin/python bench/speedrun_fmnist.py --epochs 12 --width 32   # the longer, more accurate one
                   .venv/bin/python bench/speedrun_fmnist.py --levers --overhead      # the ratio tables only
 GPU:              python bench/speedrun_fmnist.py --device cuda --width 64 --bs 512
 """
 import argparse
+import cProfile
+import math
+import os
+import pstats
 import statistics
 import time
 from functools import partial
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from miniai.accel import MixedPrecision, fast_bf16
 from miniai.augment import rand_crop_flip
 from miniai.datasets import DataLoaders, TensorLoader, DEBIAN_FMNIST, read_fmnist_split, load_fashion_mnist, dataset_tensors
-from miniai.learner import Accuracy, Callback, Learner, MetricsCB, TrainCB
+from miniai.learner import Accuracy, Callback, CancelFitException, Learner, MetricsCB, TrainCB
 from miniai.sgd import BatchSchedCB
 
 MEAN, STD = 0.286, 0.353
@@ -83,6 +87,15 @@ class Prep(Callback):
         learn.batch = (x, y)
 
 
+class StopAfter(Callback):
+    "End the fit after `n_steps` training batches (for a fractional number of epochs)."
+    def __init__(self, n_steps): self.n_steps, self.done = n_steps, 0
+    def after_batch(self, learn):
+        if not learn.training: return
+        self.done += 1
+        if self.done >= self.n_steps: raise CancelFitException()
+
+
 def make(a, seed):
     torch.manual_seed(seed)
     model = SpeedNet(a.width).to(a.device)
@@ -95,18 +108,19 @@ def opt_func(a):
 
 
 @torch.no_grad()
-def evaluate(model, xte, yte, a, tta):
-    "Test accuracy, with flip TTA when `tta` (mean of the logits of the image and its mirror)."
+def evaluate(model, xte, yte, a):
+    "Test accuracy without and with flip TTA (the sum of the logits of the image and its mirror), from one pass over each."
     model.eval()
-    correct = 0
+    correct, correct_tta = 0, 0
     for i in range(0, len(xte), 2000):
         x = (xte[i:i + 2000].float() / 255 - MEAN) / STD
         if a.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=a.bf16):
             p = model(x).float()
-            if tta: p = p + model(x.flip(-1)).float()
-        correct += int((p.argmax(1) == yte[i:i + 2000]).sum())
-    return correct / len(xte)
+            p_tta = p + model(x.flip(-1)).float()
+        y = yte[i:i + 2000]
+        correct, correct_tta = correct + int((p.argmax(1) == y).sum()), correct_tta + int((p_tta.argmax(1) == y).sum())
+    return correct / len(xte), correct_tta / len(xte)
 
 
 def run_learner(a, seed, data=None):
@@ -117,19 +131,20 @@ def run_learner(a, seed, data=None):
     g = torch.Generator().manual_seed(seed)
     dls = DataLoaders(TensorLoader(xtr, ytr, a.bs, shuffle=True, drop_last=True, generator=g, tfm=None), [])
     gd = torch.Generator(device=a.device).manual_seed(seed + 1)
-    steps = a.epochs * len(dls.train)
+    steps = round(a.epochs * len(dls.train))
     sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=steps, pct_start=a.pct, div_factor=20,
                     final_div_factor=200, anneal_strategy='linear', cycle_momentum=False)
     loss = partial(F.cross_entropy, label_smoothing=a.ls)
-    cbs = [Prep(a.pad, a.channels_last, gd), BatchSchedCB(sched), MixedPrecision('bf16') if a.bf16 else TrainCB()]
+    cbs = [Prep(a.pad, a.channels_last, gd), BatchSchedCB(sched), MixedPrecision('bf16') if a.bf16 else TrainCB(),
+           StopAfter(steps)]
     if a.metrics: cbs.append(MetricsCB(acc=Accuracy()))
     learn = Learner(model, dls, loss, lr=a.lr, opt_func=opt_func(a), cbs=cbs)
     if a.compile: learn.model = torch.compile(model)
     t1 = time.perf_counter()
-    learn.fit(a.epochs, valid=False)
+    learn.fit(math.ceil(a.epochs), valid=False)
     sync(a.device)
     t_train = time.perf_counter() - t1
-    acc, acc_tta = evaluate(model, xte, yte, a, False), evaluate(model, xte, yte, a, True)
+    acc, acc_tta = evaluate(model, xte, yte, a)
     return acc, acc_tta, time.perf_counter() - t0, t_train
 
 
@@ -140,22 +155,34 @@ def run_bare(a, seed, data):
     g, gd = torch.Generator().manual_seed(seed), torch.Generator(device=a.device).manual_seed(seed + 1)
     opt = opt_func(a)(model.parameters(), lr=a.lr)
     n_b = len(xtr) // a.bs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * n_b, pct_start=a.pct, div_factor=20,
+    steps = round(a.epochs * n_b)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps, pct_start=a.pct, div_factor=20,
                                                 final_div_factor=200, anneal_strategy='linear', cycle_momentum=False)
     t = time.perf_counter()
     model.train()
-    for _ in range(a.epochs):
-        order = torch.randperm(len(xtr), generator=g)
-        for i in range(n_b):
-            idx = order[i * a.bs:(i + 1) * a.bs]
-            x, y = (xtr[idx].float() / 255 - MEAN) / STD, ytr[idx]
-            if a.pad: x = rand_crop_flip(x, padding=a.pad, generator=gd)
-            if a.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=a.bf16):
-                loss = F.cross_entropy(model(x), y, label_smoothing=a.ls)
-            loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+    for step in range(steps):
+        i = step % n_b
+        if i == 0: order = torch.randperm(len(xtr), generator=g)
+        idx = order[i * a.bs:(i + 1) * a.bs]
+        x, y = (xtr[idx].float() / 255 - MEAN) / STD, ytr[idx]
+        if a.pad: x = rand_crop_flip(x, padding=a.pad, generator=gd)
+        if a.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=a.bf16):
+            loss = F.cross_entropy(model(x), y, label_smoothing=a.ls)
+        loss.backward(); opt.step(); sched.step(); opt.zero_grad()
     sync(a.device)
     return time.perf_counter() - t
+
+
+def python_share(a, data):
+    "The share (%) of one Learner run's time spent inside miniai's own Python functions (not counting what they call)."
+    pr = cProfile.Profile()
+    pr.enable()
+    run_learner(a, 0, data)
+    pr.disable()
+    st = pstats.Stats(pr).stats
+    ours = sum(v[2] for k, v in st.items() if f'{os.sep}miniai{os.sep}' in k[0])
+    return 100 * ours / sum(v[2] for v in st.values())
 
 
 def step_rate(a, bf16, channels_last, compiled, n_steps=12, warm=3):
@@ -196,14 +223,14 @@ def main():
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--data', default=None)
     p.add_argument('--seeds', type=int, default=3)
-    p.add_argument('--epochs', type=int, default=8)
-    p.add_argument('--width', type=int, default=32)
+    p.add_argument('--epochs', type=float, default=5.5, help='may be fractional (5.5: five epochs and half of a sixth)')
+    p.add_argument('--width', type=int, default=24)
     p.add_argument('--bs', type=int, default=256)
     p.add_argument('--lr', type=float, default=0.2)
     p.add_argument('--wd', type=float, default=5e-4)
     p.add_argument('--ls', type=float, default=0.1, help='label smoothing')
     p.add_argument('--pct', type=float, default=0.25, help='share of the steps warming up')
-    p.add_argument('--pad', type=int, default=2, help='random-crop padding (0: no augmentation)')
+    p.add_argument('--pad', type=int, default=1, help='random-crop padding (0: no augmentation)')
     p.add_argument('--no-bf16', action='store_true', help='float32 even where bfloat16 autocast is fast')
     p.add_argument('--no-channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile the model for the runs')
@@ -228,8 +255,10 @@ def main():
             for k in (('Learner', 'bare loop') if r % 2 == 0 else ('bare loop', 'Learner')):
                 res[k].append(run_learner(a, 0, data)[3] if k == 'Learner' else run_bare(a, 0, data))
         l, b = statistics.median(res['Learner']), statistics.median(res['bare loop'])
-        print(f'\n| training time, {a.epochs} epochs (median of {a.reps}) | s |\n|---|---|\n| Learner | {l:.1f} |\n| bare loop | {b:.1f} |'
-              f'\n| Learner overhead | {100 * (l / b - 1):+.1f}% |', flush=True)
+        print(f'\n| training time, {a.epochs} epochs, interleaved | median s | min-max s |\n|---|---|---|')
+        for k, v in res.items(): print(f'| {k} | {statistics.median(v):.2f} | {min(v):.2f}-{max(v):.2f} |')
+        print(f'| Learner overhead (ratio of medians) | {100 * (l / b - 1):+.1f}% | |', flush=True)
+        print(f'| time in miniai\'s own Python (Learner, callbacks, loader, scheduler), cProfile | {python_share(a, data):.2f}% | |')
     if a.seeds:
         rows = []
         for s in range(a.seeds):
