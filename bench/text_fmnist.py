@@ -20,7 +20,7 @@ own score is printed as the reference) assigns to the prompt's class.
 
 The tables in bench/results_latent_fmnist.md (2-core CPU shared with other agents; 600 CPU-seconds per model; separate
 folders, so the runs can go at the same time):
-    .venv/bin/python bench/text_fmnist.py --models t2i --seconds 600 --scales 1,2,3,5 --ship --out bench_out/text_fmnist_t2i
+    .venv/bin/python bench/text_fmnist.py --models t2i --seconds 1200 --scales 1,2,3,5 --ship --out bench_out/text_fmnist_t2i
     .venv/bin/python bench/text_fmnist.py --models pixel_cond --seconds 600 --pixel-scales 1,2 --out bench_out/text_fmnist_pixel
     .venv/bin/python bench/text_fmnist.py --table --out bench_out/text_fmnist_t2i --merge bench_out/text_fmnist_pixel
 Smoke test: .venv/bin/python bench/text_fmnist.py --smoke
