@@ -18,7 +18,7 @@ own score is printed as the reference) assigns to the prompt's class.
 `--ship` writes the text model (float16 safetensors, its tokenizer and config) to miniai/data/fmnist_t2i/, which
 `miniai.text.fmnist_text_to_image()` and `generate()` load. Results are merged into `--out/results.json` after every row.
 
-The tables in bench/results_latent_fmnist.md (2-core CPU shared with other agents; 600 CPU-seconds per model; separate
+The tables in bench/results_latent_fmnist.md (2-core CPU shared with other agents; 600 or 1,200 CPU-seconds per model; separate
 folders, so the runs can go at the same time):
     .venv/bin/python bench/text_fmnist.py --models t2i --seconds 1200 --scales 1,2,3,5 --ship --out bench_out/text_fmnist_t2i
     .venv/bin/python bench/text_fmnist.py --models pixel_cond --seconds 600 --pixel-scales 1,2 --out bench_out/text_fmnist_pixel
