@@ -23,6 +23,8 @@ folders, so the runs can go at the same time):
     .venv/bin/python bench/text_fmnist.py --models t2i --seconds 1200 --scales 1,2,3,5 --ship --out bench_out/text_fmnist_t2i
     .venv/bin/python bench/text_fmnist.py --models pixel_cond --seconds 600 --pixel-scales 1,2 --out bench_out/text_fmnist_pixel
     .venv/bin/python bench/text_fmnist.py --table --out bench_out/text_fmnist_t2i --merge bench_out/text_fmnist_pixel
+The shipped model only, e.g. with guidance limited to the middle noise levels (no training):
+    .venv/bin/python bench/text_fmnist.py --shipped --models t2i --scales 2,2.5,3 --guidance-interval 0.1,10 --out bench_out/text_fmnist_shipped
 Smoke test: .venv/bin/python bench/text_fmnist.py --smoke
 """
 import argparse
@@ -47,7 +49,7 @@ from miniai.fid import ImageEval, fmnist_32, fmnist_classifier
 from miniai.latent import LatentCache, decode_latents
 from miniai.learner import Callback, DeviceCB, Learner, MetricsCB
 from miniai.text import (CAPTION_TEMPLATES, FMNIST_NAMES, FMNIST_T2I, Captioner, CaptionEDMCB, TextEncoder, TextToImage, TextToImageNet,
-                         TextUNetModel, WordTokenizer, fmnist_captions)
+                         TextUNetModel, WordTokenizer, fmnist_captions, fmnist_text_to_image)
 from miniai.utils import atomic_write
 from miniai.vae import fmnist_vae
 
@@ -103,8 +105,8 @@ def prompts_for(labels, generator):
 
 
 @torch.no_grad()
-def evaluate(name, sample_fn, scales, a, ie, clf, res, log):
-    "FID, KID and adherence per guidance scale; `sample_fn(labels, scale, generator)` returns images in [-1, 1]."
+def evaluate(name, sample_fn, scales, a, ie, clf, res, log, interval=None):
+    "FID, KID and adherence per guidance scale (guided only for sigma in `interval`, if given); `sample_fn(labels, scale, generator)` returns images in [-1, 1]."
     labels = torch.arange(a.n_samples) % 10
     for s in scales:
         g = torch.Generator().manual_seed(a.seed + 7)
@@ -112,11 +114,16 @@ def evaluate(name, sample_fn, scales, a, ie, clf, res, log):
         samp = sample_fn(labels, s, g)
         c, w = (t1 - t0 for t1, t0 in zip(clocks(), (c0, w0)))
         pred = torch.cat([clf(samp[i:i + 512]).argmax(1) for i in range(0, len(samp), 512)])
-        r = dict(scale=s, n=a.n_samples, fid=ie.fid(samp), kid=ie.kid(samp), adherence=float((pred == labels).float().mean()),
+        r = dict(scale=s, interval=interval, n=a.n_samples, fid=ie.fid(samp), kid=ie.kid(samp), adherence=float((pred == labels).float().mean()),
                  samples_per_cpu_s=a.n_samples / c, samples_per_wall_s=a.n_samples / w)
-        res[str(s)] = r
-        print(f"  {name} guidance {s}: FID {r['fid']:.2f} KID {r['kid']:.4f} adherence {r['adherence']:.1%} {r['samples_per_cpu_s']:.1f} samples/CPU-s", flush=True)
+        res[guidance_label(s, interval)] = r
+        print(f"  {name} guidance {guidance_label(s, interval)}: FID {r['fid']:.2f} KID {r['kid']:.4f} adherence {r['adherence']:.1%} {r['samples_per_cpu_s']:.1f} samples/CPU-s", flush=True)
         log()
+
+
+def guidance_label(scale, interval=None):
+    "The guidance column: the scale, and the noise levels it applies to when limited."
+    return f'{scale}' if interval is None else f'{scale}, σ in ({interval[0]:g}, {interval[1]:g}]'
 
 
 def table(results):
@@ -133,7 +140,7 @@ def table(results):
         if name.startswith('_'): continue
         t = r['train']
         for v in r.get('rows', {}).values():
-            lines.append(f"| {name} | {t['params'] / 1e6:.2f}M | {t['img_per_cpu_s']:.0f} | {t['images']:,} | {v['scale']} | {v['fid']:.2f} | "
+            lines.append(f"| {name} | {t['params'] / 1e6:.2f}M | {t['img_per_cpu_s']:.0f} | {t['images']:,} | {guidance_label(v['scale'], v.get('interval'))} | {v['fid']:.2f} | "
                          f"{v['kid']:.4f} | {v['adherence']:.1%} | {v['samples_per_cpu_s']:.1f} |")
     return '\n'.join(lines)
 
@@ -144,6 +151,8 @@ def main():
     p.add_argument('--seconds', type=float, default=1200.)
     p.add_argument('--scales', default='1,1.5,2,3,4,6'); p.add_argument('--pixel-scales', default='1,2,3')
     p.add_argument('--steps', type=int, default=10)
+    p.add_argument('--guidance-interval', default='', help='LO,HI: guide the text model only for sigma in (LO, HI] (Kynkäänniemi et al. 2024)')
+    p.add_argument('--shipped', action='store_true', help='evaluate the shipped text model (miniai/data/fmnist_t2i) instead of training one')
     p.add_argument('--bs', type=int, default=128); p.add_argument('--lr', type=float, default=4e-3)
     p.add_argument('--ema-decay', type=float, default=0.999)
     p.add_argument('--n-samples', type=int, default=2048); p.add_argument('--sample-bs', type=int, default=512)
@@ -164,6 +173,9 @@ def main():
             other = json.loads((Path(d) / 'results.json').read_text())
             results.update({k: v for k, v in other.items() if not k.startswith('_') or k not in results})
         return print(table(results))
+    interval = tuple(float(v) for v in a.guidance_interval.split(',')) if a.guidance_interval else None
+    if interval is not None and len(interval) != 2: p.error('--guidance-interval takes LO,HI')
+    if a.shipped and (a.models != 't2i' or a.ship): p.error('--shipped evaluates the shipped text model: use it with --models t2i and without --ship')
     torch.set_num_threads(a.threads)
     results['_meta'] = dict(device=f'CPU, {torch.get_num_threads()} thread(s), 2 cores shared with other jobs', torch=torch.__version__,
                             seconds=a.seconds, steps=a.steps, n_samples=a.n_samples, bs=a.bs, lr=a.lr)
@@ -179,7 +191,13 @@ def main():
     log()
     for name in a.models.split(','):
         torch.manual_seed(a.seed)
-        if name == 't2i':
+        if name == 't2i' and a.shipped:
+            pipe = fmnist_text_to_image()
+            vae, sig_data, info = pipe.vae, pipe.sig_data, pipe.info
+            n_img, cpu_s = info['images_seen'], info['trained_cpu_seconds']
+            st = dict(params=sum(q.numel() for m in (pipe.text_encoder, pipe.unet) for q in m.parameters()), images=n_img, cpu_s=cpu_s, img_per_cpu_s=n_img / cpu_s)
+            print(f"t2i: the shipped model ({cpu_s:.0f} CPU-s of training, {n_img:,} images; {info['command']})", flush=True)
+        elif name == 't2i':
             vae = fmnist_vae()
             cache = LatentCache.encode(vae, xtr, out / 'cache' if a.smoke else None)
             caps = fmnist_captions()
@@ -193,10 +211,12 @@ def main():
             ema_net, st = fit(LogSigmaCond(TextToImageNet(te, un)), loader, cb, a)
             tn = ema_net.model
             pipe = TextToImage(tok, tn.text_encoder, tn.unet, vae, cache.scale, sig_data).eval()
+        if name == 't2i':
             def sample_fn(labels, s, g):
                 prompts = prompts_for(labels, torch.Generator().manual_seed(a.seed + 3))
                 with torch.autocast('cpu', dtype=torch.bfloat16):   # the U-Net in bfloat16, the decoder in float32
-                    z = pipe.generate(prompts, steps=a.steps, guidance_scale=s, generator=g, progress=False, bs=a.sample_bs, latents=True)
+                    z = pipe.generate(prompts, steps=a.steps, guidance_scale=s, generator=g, progress=False, bs=a.sample_bs, latents=True,
+                                      guidance_interval=interval)
                 return decode_latents(vae, z, pipe.scale, a.sample_bs)
             scales = [float(s) for s in a.scales.split(',')]
         elif name == 'pixel_cond':
@@ -216,7 +236,8 @@ def main():
                 return torch.cat(out)
             scales = [float(s) for s in a.pixel_scales.split(',')]
         else: p.error(f'unknown model {name}')
-        results[name] = dict(sig_data=sig_data, train=st, rows={})
+        key = 't2i_shipped' if name == 't2i' and a.shipped else name
+        results[key] = dict(sig_data=sig_data, train=st, rows=results.get(key, {}).get('rows', {}) if a.shipped else {})
         log()
         if name == 't2i' and (a.ship or a.smoke):
             dest = FMNIST_T2I if a.ship else out / 't2i'
@@ -224,7 +245,7 @@ def main():
                              data='Fashion-MNIST train (60k), latents of miniai.vae.fmnist_vae(), captions from miniai.text.fmnist_captions')
             pipe.save(dest, dtype=torch.float16)
             print(f'  saved to {dest}', flush=True)
-        evaluate(name, sample_fn, scales, a, ie, clf, results[name]['rows'], log)
+        evaluate(key, sample_fn, scales, a, ie, clf, results[key]['rows'], log, interval if name == 't2i' else None)
         if name == 't2i' and a.ship:
             pipe.info['results'] = {k: {m: v[m] for m in ('fid', 'kid', 'adherence')} for k, v in results[name]['rows'].items()}
             pipe.save(FMNIST_T2I, dtype=torch.float16)

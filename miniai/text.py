@@ -366,22 +366,33 @@ class TextToImage(nn.Module):
         ids, mask = ids.to(dev), mask.to(dev)
         return self.text_encoder(ids, mask), mask
 
-    def denoiser(self, context, mask, guidance_scale=1., uncond=None):
-        "D(x; sigma) for the text embeddings `context`, with classifier-free guidance of strength `guidance_scale` from the embeddings `uncond` (context, mask)."
+    def denoiser(self, context, mask, guidance_scale=1., uncond=None, guidance_interval=None):
+        "D(x; sigma) for the text embeddings `context`, with classifier-free guidance of strength `guidance_scale` from the embeddings `uncond` (context, mask), only for sigma in `guidance_interval` (lo, hi] if given (Kynkäänniemi et al. 2024)."
         den = KarrasDenoiser(LogSigmaCond(self.unet), self.sig_data)
-        if guidance_scale == 1: return lambda x, sigma: den(x, sigma, context, mask)
+        plain = lambda x, sigma: den(x, sigma, context, mask)
+        if guidance_scale == 1: return plain
         uc, um = uncond
         def guided(x, sigma):
             out = den(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uc, context]), torch.cat([um, mask]))
             out_u, out_c = out.float().chunk(2)
             return (out_u + guidance_scale * (out_c - out_u)).to(x.dtype)
-        return guided
+        if guidance_interval is None: return guided
+        lo, hi = guidance_interval
+        def limited(x, sigma):
+            sig = torch.as_tensor(sigma, device=x.device).expand(len(x))
+            inside = (sig > lo) & (sig <= hi)
+            if inside.all(): return guided(x, sig)
+            if not inside.any(): return plain(x, sig)
+            return torch.where(inside.view(-1, *[1] * (x.ndim - 1)), guided(x, sig), plain(x, sig))
+        return limited
 
     @torch.no_grad()
-    def generate(self, prompts, steps=20, guidance_scale=3., sampler='dpmpp_2m', generator=None, progress=True, bs=256, latents=False):
-        "Images (B, C, H, W) in [0, 1] for `prompts` (str or list), from `steps` Karras sigmas with `sampler` and classifier-free guidance; `latents=True` returns the scaled latents instead."
+    def generate(self, prompts, steps=20, guidance_scale=3., sampler='dpmpp_2m', generator=None, progress=True, bs=256, latents=False, guidance_interval=None):
+        "Images (B, C, H, W) in [0, 1] for `prompts` (str or list), from `steps` Karras sigmas with `sampler` and classifier-free guidance (only for sigma in `guidance_interval` (lo, hi] if given); `latents=True` returns the scaled latents instead."
         if isinstance(prompts, str): prompts = [prompts]
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0: raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if guidance_interval is not None and not (len(guidance_interval) == 2 and 0 <= guidance_interval[0] < guidance_interval[1]):
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo < hi (noise levels sigma), got {guidance_interval!r}")
         fn = get_sampler(sampler)
         dev = next(self.unet.parameters()).device
         sigmas = sigmas_karras(steps, self.sigma_min, self.sigma_max, device=dev)
@@ -396,7 +407,7 @@ class TextToImage(nn.Module):
             uncond = tuple(t.expand(len(ps), *t.shape[1:]) for t in self.encode_prompts(''))
             noise = torch.randn((len(ps), *self.latent_shape), generator=generator, device=generator.device if generator is not None else dev).to(dev)
             kw = {'generator': generator} if _takes_generator(fn) else {}
-            z = fn(self.denoiser(context, mask, guidance_scale, uncond), noise * sigmas[0], sigmas, progress=progress and len(prompts) <= bs, **kw)
+            z = fn(self.denoiser(context, mask, guidance_scale, uncond, guidance_interval), noise * sigmas[0], sigmas, progress=progress and len(prompts) <= bs, **kw)
             out.append(z.float().cpu() if latents else decode_latents(self.vae, z, self.scale, bs).add(1).div(2))
         return torch.cat(out)
 
@@ -443,10 +454,10 @@ def fmnist_text_to_image(path=None, device='cpu'):
     if not (path / 'config.json').is_file(): raise FileNotFoundError(f"{path}: no text-to-image model (train one with bench/text_fmnist.py --ship)")
     return TextToImage.load(path, fmnist_vae(device=device), device=device)
 
-def generate(prompts, steps=20, guidance_scale=3., sampler='dpmpp_2m', generator=None, progress=True, pipe=None):
+def generate(prompts, steps=20, guidance_scale=3., sampler='dpmpp_2m', generator=None, progress=True, pipe=None, guidance_interval=None):
     "Images (B, 1, 32, 32) in [0, 1] for the prompts, from `pipe` (default: the shipped `fmnist_text_to_image()`, loaded for this call)."
     pipe = fmnist_text_to_image() if pipe is None else pipe
-    return pipe.generate(prompts, steps=steps, guidance_scale=guidance_scale, sampler=sampler, generator=generator, progress=progress)
+    return pipe.generate(prompts, steps=steps, guidance_scale=guidance_scale, sampler=sampler, generator=generator, progress=progress, guidance_interval=guidance_interval)
 
 # %% ../nbs/31_text.ipynb #6655a17e
 def demo_latent(out_dir, steps=10, guidance_scale=3., n_per_class=8, seed=0, pipe=None):

@@ -173,6 +173,26 @@ def test_guidance_and_generate():
     with pytest.warns(UserWarning, match='giraffe'): p.generate('a giraffe', steps=2, progress=False)
 
 
+def test_guidance_interval():
+    "Guidance only for sigma in (lo, hi]: each sample of a batch is guided or plain by its own sigma; generate honours it."
+    p = _pipeline()
+    ctx, mask = p.encode_prompts(['a bag', 'trousers', 'a coat'])
+    uc = tuple(t.expand(3, *t.shape[1:]) for t in p.encode_prompts(''))
+    x, s = torch.randn(3, 2, 4, 4), torch.tensor([2., 0.5, 1.])
+    with torch.no_grad():
+        full, plain = p.denoiser(ctx, mask, 3., uc)(x, s), p.denoiser(ctx, mask)(x, s)
+        lim = p.denoiser(ctx, mask, 3., uc, (1., 5.))(x, s)
+        torch.testing.assert_close(lim[[0]], full[[0]]); torch.testing.assert_close(lim[[1, 2]], plain[[1, 2]])   # 1 is outside (1, 5]
+        torch.testing.assert_close(p.denoiser(ctx, mask, 3., uc, (0., 80.))(x, s), full)
+        torch.testing.assert_close(p.denoiser(ctx, mask, 3., uc, (5., 80.))(x, s), plain)
+    gen = lambda **kw: p.generate(['a bag', 'trousers'], steps=4, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    torch.testing.assert_close(gen(guidance_scale=3., guidance_interval=(0., 1e3)), gen(guidance_scale=3.))
+    torch.testing.assert_close(gen(guidance_scale=3., guidance_interval=(100., 1e3)), gen(guidance_scale=1.))
+    assert not torch.allclose(gen(guidance_scale=3., guidance_interval=(1., 20.)), gen(guidance_scale=3.))
+    for bad in [(5., 1.), (-1., 2.), (1.,)]:
+        with pytest.raises(ValueError, match='guidance_interval'): p.generate('a bag', guidance_interval=bad)
+
+
 def test_save_load(tmp_path):
     p = _pipeline()
     p.info['note'] = 'test'
