@@ -10,8 +10,8 @@ It also measures, in the same run, what each lever is worth (training images/s o
 bfloat16 autocast vs float32, channels-last vs not, `torch.compile` vs eager) and what the Learner costs against a bare
 loop over the same model, data and schedule.
 
-Run (2-core CPU): .venv/bin/python bench/speedrun_fmnist.py                 # 3 seeds of the default recipe (width 24, 5.5 epochs)
-                  .venv/bin/python bench/speedrun_fmnist.py --epochs 9 --width 32    # the 10-minute one (94.28% TTA, 573 s)
+Run (2-core CPU): .venv/bin/python bench/speedrun_fmnist.py                 # 3 seeds of the default recipe (width 24, 5.5 epochs: 93.59% TTA, 128 s)
+                  .venv/bin/python bench/speedrun_fmnist.py --epochs 15 --width 32   # the 10-minute one (94.68% TTA, 465 s)
                   .venv/bin/python bench/speedrun_fmnist.py --levers --overhead      # the ratio tables only
 GPU:              python bench/speedrun_fmnist.py --device cuda --width 64 --bs 512
 """
