@@ -90,8 +90,8 @@ def predict(model, x, a, stats, bs=1000):
 
 
 def run_key(a):
-    "A short hash of the settings that shape the training (not threads, device, paths or the time budget)."
-    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ('threads', 'device', 'ckpt', 'out', 'minutes')}
+    "A short hash of the settings that shape the training (not threads, device, paths, the time budget or the TTA views)."
+    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ('threads', 'device', 'ckpt', 'out', 'minutes', 'tta_shifts')}
     return hashlib.sha1(json.dumps(keep, default=str).encode()).hexdigest()[:10]
 
 
