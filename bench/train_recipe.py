@@ -106,7 +106,7 @@ def main():
     p.add_argument('--tta-shifts', type=int, default=1)
     p.add_argument('--device', default='cpu', help='cpu or cuda (with a GPU: --device cuda --threads 0)')
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--no-channels-last', action='store_true', help='keep the default memory format (channels-last is 1.0-1.4x faster here)')
+    p.add_argument('--no-channels-last', action='store_true', help='keep the default memory format (channels-last: 1.2-1.4x faster for the 4-stage networks here)')
     p.add_argument('--ckpt', default=''); p.add_argument('--out', default='bench_out/recipe'); p.add_argument('--seed', type=int, default=42)
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
