@@ -186,6 +186,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'miniai/consistency.py'),
                                     'miniai.consistency.cm_scalings': ('consistency.html#cm_scalings', 'miniai/consistency.py'),
                                     'miniai.consistency.ct_ema_decay': ('consistency.html#ct_ema_decay', 'miniai/consistency.py'),
+                                    'miniai.consistency.ct_level_probs': ('consistency.html#ct_level_probs', 'miniai/consistency.py'),
                                     'miniai.consistency.ct_num_steps': ('consistency.html#ct_num_steps', 'miniai/consistency.py'),
                                     'miniai.consistency.ct_sigmas': ('consistency.html#ct_sigmas', 'miniai/consistency.py'),
                                     'miniai.consistency.pseudo_huber': ('consistency.html#pseudo_huber', 'miniai/consistency.py'),

@@ -231,3 +231,62 @@ def test_target_runs_in_the_models_mode():
     with torch.no_grad(): want = f(x0 + sig[idx].float()[:, None, None, None] * z, sig[idx].float())   # train mode
     torch.testing.assert_close(target, want)
     assert not ct.ema_model.training   # back in eval mode afterwards
+
+
+def test_level_probs_are_lognormal_mass_between_levels():
+    "Song & Dhariwal 2023: P(pair n) ∝ Φ((ln t_{n+1} - P_mean)/P_std) - Φ((ln t_n - P_mean)/P_std), against math.erf."
+    from miniai.consistency import ct_level_probs
+    for n, pm, ps in [(5, -1.1, 2.), (40, 0.3, 1.2), (151, -1.1, 2.)]:
+        sig = ct_sigmas(n)
+        phi = lambda s: 0.5 * (1 + math.erf((math.log(s) - pm) / (ps * math.sqrt(2))))
+        want = torch.tensor([phi(b) - phi(a) for a, b in zip(sig[:-1].tolist(), sig[1:].tolist())], dtype=torch.float64)
+        got = ct_level_probs(sig, pm, ps)
+        assert got.shape == (n - 1,)
+        torch.testing.assert_close(got, want / want.sum())
+
+
+def test_lognormal_levels_and_inv_gap_weights_replay_from_generator():
+    from miniai.consistency import ct_level_probs
+    f = small_cm()
+    x0 = torch.rand(64, 1, 8, 8) * 2 - 1
+    ct = ConsistencyTraining(total_steps=50, s0=10, s1=40, mu0=0., levels='lognormal', weighting='inv_gap',
+                             generator=torch.Generator().manual_seed(7))
+    ct.n = 30
+    learn = _learn(f, x0)
+    ct.before_fit(learn); ct.before_batch(learn)
+    (x_hi, t_hi), target, lam = learn.batch
+    N = ct_num_steps(30, 50, 10, 40)
+    sig = ct_sigmas(N)
+    g = torch.Generator().manual_seed(7)
+    idx = torch.multinomial(ct_level_probs(sig), 64, replacement=True, generator=g)
+    z = torch.randn(x0.shape, generator=g)
+    torch.testing.assert_close(t_hi, sig[idx + 1].float())
+    torch.testing.assert_close(x_hi, x0 + sig[idx + 1].float()[:, None, None, None] * z)
+    torch.testing.assert_close(lam, (1 / (sig[idx + 1] - sig[idx])).float())
+    assert t_hi.max() < 80.   # the top pair carries almost no log-normal mass: 64 draws never reach it
+    # the uniform default draws differently and adds no weight
+    ct_u = ConsistencyTraining(total_steps=50, s0=10, s1=40, mu0=0., generator=torch.Generator().manual_seed(7))
+    ct_u.n = 30; learn = _learn(f, x0); ct_u.before_fit(learn); ct_u.before_batch(learn)
+    assert len(learn.batch) == 2 and not torch.equal(learn.batch[0][1], t_hi)
+    with pytest.raises(ValueError, match='levels'): ConsistencyTraining(levels='cosine')
+    with pytest.raises(ValueError, match='weighting'): ConsistencyTraining(weighting='snr')
+
+
+def test_weighted_pseudo_huber_and_training_with_weights():
+    from miniai.consistency import pseudo_huber
+    a, b = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    w = torch.rand(5, dtype=torch.float64) * 10
+    c = 0.00054 * 8
+    per = (((a - b)**2).sum((1, 2, 3)) + c**2).sqrt() - c
+    torch.testing.assert_close(pseudo_huber(a, b, w).double(), (per * w).mean(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pseudo_huber(a, b, torch.ones(5)), pseudo_huber(a, b))
+    with pytest.raises(ValueError, match='one value per item'): pseudo_huber(a, b, w[:3])
+    # a fit with the weighted batch: the weight reaches the loss through the Learner's standard step
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8) * 2 - 1
+    dls = SimpleNamespace(train=[(x[i:i + 16], torch.zeros(16)) for i in range(0, 32, 16)], valid=[])
+    seen = []
+    def loss(p, t, lam): seen.append(lam.clone()); return pseudo_huber(p, t, lam)
+    ct = ConsistencyTraining(mu0=0., levels='lognormal', weighting='inv_gap', generator=torch.Generator().manual_seed(1))
+    Learner(small_cm().train(), dls, loss, lr=1e-3, opt_func=torch.optim.Adam, cbs=[ct, TrainCB()]).fit(1, valid=False)
+    assert len(seen) == 2 and all(s.shape == (16,) and (s > 0).all() for s in seen)
