@@ -14,6 +14,10 @@ barely leaves its random initialisation and the model learns to match it (first 
 at σ=80, KID(512) 8-10 at 2 evaluations). The defaults here are for short runs: s1=20 and mu0=0 (the target is the
 model itself without gradient, as in Song & Dhariwal's improved CT, 2023).
 
+Before sampling, a profile of one evaluation per noise level on 256 test images: the mean squared error of
+f(x0 + σz, σ) against x0 (beside σ², the error of returning the input) and f's spread over the batch, which shows a
+collapsed model (outputs that no longer depend on the input) at once.
+
 Sampling: the weights of a separate `EMA` (decay `--ema`, warm-up) with `sample_consistency`: 1 evaluation at σ=80;
 2 at [80, τ] with τ picked from `--tau-grid` by KID on 512 samples against the 10,000 test images; 4 at `--sigmas4`.
 FID/KID of 2,048 samples against the 10,000 test images on the shipped classifier's features (`miniai.fid.ImageEval`),
@@ -127,6 +131,17 @@ def train(a, xtr, teacher, bf16):
 
 
 @torch.no_grad()
+def sigma_profile(model, x0, sigmas, seed, device='cpu'):
+    "Per noise level: the mean squared error of f(x0 + σz, σ) against x0 (identity's is σ²), and f's spread over the batch (near 0: collapsed)."
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x0, z, rows = x0.to(device), z.to(device), []
+    for s in sigmas:
+        y = model(x0 + s * z, torch.full((len(x0),), float(s), device=device)).float()
+        rows.append(dict(sigma=s, mse=float(((y - x0)**2).mean()), batch_std=float(y.std(0).mean()), mean=float(y.mean())))
+    return rows
+
+
+@torch.no_grad()
 def draw(model, sigmas, n, bs, seed, consistency=True, device='cpu'):
     "n samples from the same starting noise (seed) for every row; fresh noise from seed+1."
     g, gs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
@@ -196,6 +211,11 @@ def main():
     print(f"reals (floor): FID {res['reals']['fid']:.2f} KID {res['reals']['kid']:.4f}", flush=True)
     net = Autocast(model, torch.bfloat16 if bf16 else None)
     net.sigma_min = 0.002
+    res['sigma_profile'] = sigma_profile(net, xte[:256], [0.01, 0.05, 0.2, 0.6, 1.2, 2.5, 5., 10., 20., 80.], a.seed + 3, a.device)
+    print(f"one evaluation per noise level, 256 test images (data: batch std {float(xte[:256].std(0).mean()):.3f}):\n"
+          "| σ | MSE(f, x0) | σ² (no denoising) | f's std over the batch |\n|---|---|---|---|", flush=True)
+    for r in res['sigma_profile']: print(f"| {r['sigma']:g} | {r['mse']:.4f} | {r['sigma']**2:.4g} | {r['batch_std']:.3f} |", flush=True)
+    log()
     # 2 evaluations: pick tau by KID on 512 samples (a different noise seed from the final rows)
     grid = {}
     for tau in (float(v) for v in a.tau_grid.split(',')):
