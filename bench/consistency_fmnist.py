@@ -112,7 +112,7 @@ def train(a, xtr, teacher, bf16):
         K = max(10, int((deadline - time.time()) / dt))
         print(f'calibration: {dt:.2f} s/step -> K = {K} steps ({K * a.bs / len(xtr):.1f} epochs)', flush=True)
     cm = (ConsistencyDistillation(teacher, n=a.cd_n, mu=a.cd_mu, total_steps=K, generator=gen) if teacher is not None
-          else ConsistencyTraining(K, s0=a.s0, s1=a.s1, mu0=a.mu0, generator=gen, levels=a.levels,
+          else ConsistencyTraining(K, s0=a.s0, s1=a.s1, mu0=a.mu0, generator=gen, levels=a.levels, p_mean=a.p_mean, p_std=a.p_std,
                                    weighting=None if a.weighting == 'none' else a.weighting))
     ema = EMA(a.ema)
     sched = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=a.lr, total_steps=K + 1, pct_start=0.1)
@@ -168,6 +168,7 @@ def main():
     p.add_argument('--s0', type=int, default=10); p.add_argument('--s1', type=int, default=80, help="the paper's 150 (1,280 in improved CT) is for 400k-800k steps")
     p.add_argument('--mu0', type=float, default=0., help="the paper's 0.9 is for 800k steps; 0: the target is the model itself, without gradient (Song & Dhariwal 2023)")
     p.add_argument('--levels', default='lognormal', choices=['uniform', 'lognormal'], help="CT: how the pair of levels is drawn (lognormal: Song & Dhariwal 2023)")
+    p.add_argument('--p-mean', type=float, default=-1.1); p.add_argument('--p-std', type=float, default=2., help='the log-normal levels: mean and std of ln σ')
     p.add_argument('--weighting', default='inv_gap', choices=['none', 'inv_gap'], help="CT: weight each pair's loss by 1/(t_{n+1} - t_n) (Song & Dhariwal 2023; needs --loss huber)")
     p.add_argument('--cd-n', type=int, default=18); p.add_argument('--cd-mu', type=float, default=0.95)
     p.add_argument('--ema', type=float, default=0.999)
