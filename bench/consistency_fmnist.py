@@ -184,7 +184,7 @@ def main():
     p.add_argument('--threads', type=int, default=1, help='torch threads (1: on a CPU shared with other jobs, more threads are much slower)')
     p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
-    if a.loss == 'l2' and a.weighting != 'none': p.error('--weighting inv_gap needs --loss huber (F.mse_loss takes no per-item weight); add --weighting none')
+    if a.mode == 'ct' and a.loss == 'l2' and a.weighting != 'none': p.error('--weighting inv_gap needs --loss huber (F.mse_loss takes no per-item weight); add --weighting none')
     if a.threads: torch.set_num_threads(a.threads)
     if a.smoke: a.minutes, a.steps, a.nfs, a.bs, a.n_samples, a.sample_bs, a.tau_grid = 2., 6, '8,16', 32, 64, 64, '0.6,2'
     out = Path(a.out + ('_smoke' if a.smoke else '')); out.mkdir(parents=True, exist_ok=True)
